@@ -1,0 +1,5 @@
+"""ppldm networks: autoencoders, the cross-attention UNet and their building blocks."""
+from .attention import Attention, BasicTransformerBlock, SpatialTransformer, set_attention_type  # noqa: F401
+from .autoencoder_blocks import Decoder, DiagonalGaussian, Encoder  # noqa: F401
+from .autoencoder_kl import AutoencoderKL  # noqa: F401
+from .unet import UNet  # noqa: F401
