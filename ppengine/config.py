@@ -11,12 +11,32 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
 
 from .errors import ConfigError
 from .registry import nearest
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` / ``5E+4`` as floats (YAML 1.1 wants ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text):
+    return yaml.load(text, Loader=_Loader)
 
 # Top-level sections the engine knows. Zoos may add their own with register_section().
 SECTIONS = {
@@ -107,7 +127,7 @@ def _read_yaml(path: str) -> dict:
         raise ConfigError(f"config file not found: {path!r}. Give the path of a .yml file, e.g. -c configs/deca.yml")
     try:
         with open(path, "r", encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml_load(f)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if data is None:
@@ -145,7 +165,7 @@ def parse_override(text: str):
     if not key:
         raise ConfigError(f"-o {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        value = yaml_load(raw) if raw.strip() != "" else ""
     except yaml.YAMLError:
         value = raw
     return key, value

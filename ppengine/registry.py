@@ -86,7 +86,16 @@ class Registry:
         kwargs = {k: v for k, v in cfg.items() if k != "type"}
         kwargs.update(extra)
         check_kwargs(cls, kwargs, key_path, root, what=f"{self.kind} {cfg['type']!r}")
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except (TypeError, AssertionError) as e:
+            # A wrongly typed value reaching the constructor: say which config entry it came from.
+            given = {k: v for k, v in cfg.items() if k != "type"}
+            srcs = sorted({s for s in (_where(root, f"{prefix}{k}").rstrip(": ") for k in given) if s})
+            raise ConfigError(
+                f"{', '.join(srcs) + ': ' if srcs else ''}{key_path or self.kind}: could not build {self.kind} "
+                f"{cfg['type']!r} from {given!r}: {type(e).__name__}: {e}. Check the types of these values."
+            ) from e
 
 
 def accepted_args(fn: Callable):

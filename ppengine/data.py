@@ -1,0 +1,93 @@
+"""Data streams with a resumable position: (epoch, batch index within the epoch).
+
+The order of each epoch comes from paddle's DistributedBatchSampler seeded by epoch, so a
+resumed run skips exactly the batches it had already consumed (their indices only; no
+sample is loaded twice), and under ``paddle.distributed.launch`` each rank reads its own
+share of every epoch.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import paddle
+
+
+def collate(samples):
+    """Stack a list of dict samples: arrays/numbers -> Tensors, anything else -> lists."""
+    first = samples[0]
+    if isinstance(first, dict):
+        return {k: collate([s[k] for s in samples]) for k in first}
+    if isinstance(first, (np.ndarray, numbers.Number, np.generic)) and not isinstance(first, bool):
+        arr = np.stack([np.asarray(s) for s in samples])
+        if arr.dtype == np.float64:
+            arr = arr.astype(np.float32)
+        return paddle.to_tensor(arr)
+    if isinstance(first, paddle.Tensor):
+        return paddle.stack(samples)
+    return list(samples)
+
+
+class _FixedBatches(paddle.io.BatchSampler):
+    def __init__(self, batches):  # noqa: no super().__init__: a fixed list of index batches
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+class DataStream:
+    """An endless iterator of batches with ``state()`` / ``load_state()`` for exact resume."""
+
+    def __init__(self, dataset, batch_size: int, shuffle: bool = True, drop_last: bool = True,
+                 num_workers: int = 0, seed: int = 0, world_size: int = 1, rank: int = 0):
+        if len(dataset) < batch_size * world_size and drop_last:
+            drop_last = False
+        self.dataset = dataset
+        self.sampler = paddle.io.DistributedBatchSampler(dataset, batch_size=batch_size, num_replicas=world_size,
+                                                         rank=rank, shuffle=shuffle, drop_last=drop_last)
+        self.num_workers = num_workers
+        self.seed = int(seed)
+        self.epoch = 0
+        self.pos = 0
+        self._it = None
+
+    def _start(self):
+        self.sampler.set_epoch(self.seed * 100003 + self.epoch)
+        batches = list(iter(self.sampler))[self.pos:]
+        loader = paddle.io.DataLoader(self.dataset, batch_sampler=_FixedBatches(batches),
+                                      num_workers=self.num_workers, collate_fn=collate)
+        self._it = iter(loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        for _ in range(2):
+            if self._it is None:
+                self._start()
+            try:
+                batch = next(self._it)
+                self.pos += 1
+                return batch
+            except StopIteration:
+                self.epoch += 1
+                self.pos = 0
+                self._it = None
+        raise RuntimeError("the training dataset produced no batch: is it empty?")
+
+    def state(self):
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state(self, state):
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self._it = None
+
+
+def eval_loader(dataset, batch_size: int, num_workers: int = 0):
+    """A plain in-order loader over the whole dataset (evaluation)."""
+    sampler = paddle.io.BatchSampler(dataset, batch_size=batch_size, shuffle=False, drop_last=False)
+    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate)
