@@ -3,3 +3,4 @@ from .attention import Attention, BasicTransformerBlock, SpatialTransformer, set
 from .autoencoder_blocks import Decoder, DiagonalGaussian, Encoder  # noqa: F401
 from .autoencoder_kl import AutoencoderKL  # noqa: F401
 from .unet import UNet  # noqa: F401
+from .vq import VectorQuantizer, VQModel  # noqa: F401
