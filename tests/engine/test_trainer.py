@@ -55,7 +55,10 @@ def test_training_reduces_val_error_and_tracks_best(toy_cfg, recorder, tmp_path)
     # logs: text log, VisualDL events, resolved config
     log = (out / "train.log").read_text()
     assert "step 60/60" in log and "eval @ 60" in log
-    assert any(f.startswith("vdlrecords") for f in os.listdir(out / "vdl"))
+    from visualdl import LogReader
+    rec_file = [f for f in os.listdir(out / "vdl") if f.startswith("vdlrecords")][0]
+    tags = LogReader(file_path=str(out / "vdl" / rec_file)).get_tags()
+    assert {"train/loss", "train/lr", "val/mae"} <= set(tags["scalar"]) and "val/pred" in tags["image"]
 
 
 def test_keep_last(toy_cfg, tmp_path):
