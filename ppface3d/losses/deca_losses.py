@@ -1,0 +1,196 @@
+"""DECA's coarse-stage losses in Paddle (landmarks, eye/lip closure, photometric, identity,
+shape consistency, regularizers), weighted as in DECA's default config.
+
+Landmarks are (B, 68, 2) in DECA's normalised crop coordinates ([-1, 1], y down); ground truth
+is (B, 68, 3) with a confidence in the last column.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from ppengine.registry import LOSSES, MODELS
+
+# DECA's per-landmark weights (lossfunc.weighted_landmark_loss): chin sides, nose, mouth heavier.
+_LMK_WEIGHTS = np.ones(68, np.float32)
+_LMK_WEIGHTS[5:7] = 2.0
+_LMK_WEIGHTS[10:12] = 2.0
+_LMK_WEIGHTS[27:36] = 1.5
+_LMK_WEIGHTS[[30, 31, 35]] = 3.0
+_LMK_WEIGHTS[48:68] = 1.5
+_LMK_WEIGHTS[[48, 54]] = 3.0
+
+EYE_UP, EYE_DOWN = [37, 38, 43, 44], [41, 40, 47, 46]
+LIP_UP, LIP_DOWN = [61, 62, 63], [67, 66, 65]
+
+
+def landmark_weights() -> np.ndarray:
+    """(68,) DECA's landmark weights."""
+    return _LMK_WEIGHTS.copy()
+
+
+def _with_conf(gt: paddle.Tensor) -> paddle.Tensor:
+    if gt.shape[-1] == 2:
+        return paddle.concat([gt, paddle.ones(gt.shape[:-1] + [1], gt.dtype)], -1)
+    return gt
+
+
+def landmark_loss(pred: paddle.Tensor, gt: paddle.Tensor, weighted: bool = True) -> paddle.Tensor:
+    """Confidence-weighted L1 landmark loss (DECA ``batch_kp_2d_l1_loss``).
+
+    pred (B, 68, 2); gt (B, 68, 2|3). Sum over points of ``w_i * c_i * |pred - gt|_1``
+    divided by ``2 * sum(w_i * c_i)``.
+    """
+    gt = _with_conf(gt)
+    conf = gt[..., 2]
+    if weighted:
+        conf = conf * paddle.to_tensor(_LMK_WEIGHTS)[None, :]
+    diff = (pred[..., :2] - gt[..., :2]).abs().sum(-1)
+    return (diff * conf).sum() / (conf.sum() * 2.0 + 1e-8)
+
+
+def _pair_dist(lm, up, down):
+    a = paddle.gather(lm, paddle.to_tensor(up), axis=1)
+    b = paddle.gather(lm, paddle.to_tensor(down), axis=1)
+    return paddle.sqrt(((a - b) ** 2).sum(-1) + 1e-12)
+
+
+def eye_closure_loss(pred: paddle.Tensor, gt: paddle.Tensor) -> paddle.Tensor:
+    """L1 between predicted and target upper/lower eyelid distances (4 pairs). (B, 68, >=2)."""
+    return (_pair_dist(pred[..., :2], EYE_UP, EYE_DOWN) - _pair_dist(gt[..., :2], EYE_UP, EYE_DOWN)).abs().mean()
+
+
+def lip_closure_loss(pred: paddle.Tensor, gt: paddle.Tensor) -> paddle.Tensor:
+    """L1 between predicted and target inner-lip distances (3 pairs). (B, 68, >=2)."""
+    return (_pair_dist(pred[..., :2], LIP_UP, LIP_DOWN) - _pair_dist(gt[..., :2], LIP_UP, LIP_DOWN)).abs().mean()
+
+
+def photometric_loss(pred: paddle.Tensor, image: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
+    """DECA's masked L1: mean over all pixels of ``mask * |pred - image|``.
+
+    pred, image (B, 3, H, W); mask (B, 1, H, W) or (B, H, W).
+    """
+    if mask.ndim == 3:
+        mask = mask.unsqueeze(1)
+    return (mask * (pred - image).abs()).mean()
+
+
+def identity_loss(feat_pred: paddle.Tensor, feat_real: paddle.Tensor) -> paddle.Tensor:
+    """1 - cosine similarity of identity features (B, D), averaged (DECA's VGGFace2 loss)."""
+    return (1.0 - F.cosine_similarity(feat_pred, feat_real, axis=-1)).mean()
+
+
+def code_l2(code: paddle.Tensor) -> paddle.Tensor:
+    """DECA's code regularizer: sum(code ** 2) / 2 (summed over the batch, as DECA does)."""
+    return (code ** 2).sum() / 2.0
+
+
+def light_regularizer(light: paddle.Tensor) -> paddle.Tensor:
+    """Keeps SH lighting near white: mean of (light - mean over RGB) ** 2. light (B, 9, 3)."""
+    return ((light.mean(axis=2, keepdim=True) - light) ** 2).mean()
+
+
+def consistency_order(batch_size: int, K: int, rng: np.random.Generator = None) -> np.ndarray:
+    """DECA's shape-consistency permutation: shuffle within each group of K images of a subject.
+
+    Returns (batch_size * K,) int64 indices; every index stays inside its own group and, for
+    K > 1, no group is left unchanged.
+    """
+    rng = rng or np.random.default_rng()
+    order = []
+    for i in range(batch_size):
+        if K > 1:
+            p = rng.permutation(K)
+            while np.all(p == np.arange(K)):
+                p = rng.permutation(K)
+        else:
+            p = np.arange(K)
+        order.append(p + i * K)
+    return np.concatenate(order).astype(np.int64)
+
+
+@LOSSES.register()
+class DECALoss:
+    """DECA coarse losses with DECA's default weights.
+
+    Args:
+        lmk: weighted landmark loss weight (DECA 1.0); ``weighted_landmarks`` as DECA's useWlmk.
+        eyed, lipd: eye / lip closure weights (DECA 1.0 / 0.5).
+        photo: masked photometric weight (DECA 2.0).
+        id: identity loss weight (DECA 0.2); only active when ``identity_net`` is configured.
+        identity_net: config of a feature network from the MODELS registry, e.g.
+            ``{type: IdentityFeatureNet, weights: /path/to/face_recognition.safetensors}``.
+            None (default) turns the identity loss off.
+        reg_shape, reg_exp, reg_tex: code L2 weights (DECA 1e-4 each).
+        reg_light: light whiteness weight (DECA 1.0).
+        shape_consistency: DECA's swap of shape codes among the K images of a subject.
+        param: weight of a supervised L2 loss on FLAME codes against ground-truth codes, used
+            only when the batch carries them (synthetic data); 0 (DECA) = off.
+    """
+
+    def __init__(self, lmk: float = 1.0, weighted_landmarks: bool = True, eyed: float = 1.0,
+                 lipd: float = 0.5, photo: float = 2.0, id: float = 0.2, identity_net: dict = None,
+                 reg_shape: float = 1e-4, reg_exp: float = 1e-4, reg_tex: float = 1e-4,
+                 reg_light: float = 1.0, shape_consistency: bool = True, param: float = 0.0):
+        self.w = dict(lmk=lmk, eyed=eyed, lipd=lipd, photo=photo, id=id, reg_shape=reg_shape,
+                      reg_exp=reg_exp, reg_tex=reg_tex, reg_light=reg_light, param=param)
+        self.weighted_landmarks = bool(weighted_landmarks)
+        self.shape_consistency = bool(shape_consistency)
+        self.identity_net = None
+        if identity_net and id > 0:
+            net = MODELS.build(identity_net, key_path="model.loss.identity_net")
+            net.eval()
+            for p in net.parameters():
+                p.stop_gradient = True
+            self.identity_net = net
+
+    @property
+    def use_identity(self) -> bool:
+        return self.identity_net is not None and self.w["id"] > 0
+
+    def __call__(self, codes: Dict[str, paddle.Tensor], pred: Dict[str, paddle.Tensor],
+                 target: Dict[str, paddle.Tensor]) -> Dict[str, paddle.Tensor]:
+        """Weighted loss terms and their sum under 'loss'.
+
+        codes: encoder outputs (shape (N, n_shape), exp, tex, light (N, 9, 3), ...).
+        pred: 'landmarks2d' (N, 68, 2); optional 'image' (N, 3, H, W) render and
+            'identity_image' (N, 3, H, W) for the identity loss.
+        target: 'landmark' (N, 68, 3); 'image' (N, 3, H, W); 'mask' (N, H, W); optional
+            ground-truth codes 'shape', 'exp', 'pose' for the supervised ``param`` term.
+        """
+        w = self.w
+        out = {}
+        lm_p, lm_t = pred["landmarks2d"], target["landmark"]
+        if w["lmk"] > 0:
+            out["landmark"] = landmark_loss(lm_p, lm_t, self.weighted_landmarks) * w["lmk"]
+        if w["eyed"] > 0:
+            out["eye_distance"] = eye_closure_loss(lm_p, lm_t) * w["eyed"]
+        if w["lipd"] > 0:
+            out["lip_distance"] = lip_closure_loss(lm_p, lm_t) * w["lipd"]
+        if w["photo"] > 0 and "image" in pred:
+            out["photometric"] = photometric_loss(pred["image"], target["image"], target["mask"]) * w["photo"]
+        if self.use_identity and "identity_image" in pred:
+            f_real = self.identity_net(target["image"]).detach()
+            f_pred = self.identity_net(pred["identity_image"])
+            out["identity"] = identity_loss(f_pred, f_real) * w["id"]
+        if w["reg_shape"] > 0 and "shape" in codes:
+            out["shape_reg"] = code_l2(codes["shape"]) * w["reg_shape"]
+        if w["reg_exp"] > 0 and "exp" in codes:
+            out["expression_reg"] = code_l2(codes["exp"]) * w["reg_exp"]
+        if w["reg_tex"] > 0 and "tex" in codes:
+            out["tex_reg"] = code_l2(codes["tex"]) * w["reg_tex"]
+        if w["reg_light"] > 0 and "light" in codes:
+            out["light_reg"] = light_regularizer(codes["light"]) * w["reg_light"]
+        if w["param"] > 0:
+            terms = []
+            for k in ("shape", "exp", "pose"):
+                if k in target and k in codes:
+                    n = min(codes[k].shape[1], target[k].shape[1])
+                    terms.append(((codes[k][:, :n] - target[k][:, :n]) ** 2).mean())
+            if terms:
+                out["param"] = paddle.add_n(terms) * w["param"]
+        out["loss"] = paddle.add_n(list(out.values())) if out else paddle.zeros([])
+        return out

@@ -1,0 +1,97 @@
+"""DECA's coarse image encoder: a Paddle ResNet trunk and an MLP head regressing FLAME codes.
+
+    enc = ResNetEncoder({"shape": 100, "tex": 50, "exp": 50, "pose": 6, "cam": 3, "light": 27}, depth=18)
+    codes = enc(images)          # images (B, 3, H, W) in [0, 1]
+    codes["shape"]               # (B, 100); codes["light"] (B, 9, 3); codes["cam"] (B, 3)
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict
+
+import paddle
+import paddle.nn as nn
+
+from ppengine.errors import ConfigError
+
+_DEPTHS = {18: "basic", 34: "basic", 50: "bottleneck", 101: "bottleneck", 152: "bottleneck"}
+
+# ImageNet statistics: the usual input normalisation for ResNet trunks (so ImageNet weights,
+# given by path, work as-is).
+_MEAN = [0.485, 0.456, 0.406]
+_STD = [0.229, 0.224, 0.225]
+
+
+class ResNetEncoder(nn.Layer):
+    """ResNet (``paddle.vision.models.resnet``) + MLP head -> named parameter codes.
+
+    Args:
+        code_sizes: ordered name -> size, e.g. DECA's shape 100, tex 50, exp 50, pose 6, cam 3,
+            light 27 ('light' is returned reshaped to (B, 9, 3): 9 SH coefficients per RGB).
+        depth: ResNet depth, one of 18, 34, 50, 101, 152 (DECA: 50; 18 on CPU).
+        hidden: width of the MLP head (DECA: 1024).
+        init_scale: the final layer's weights are scaled by this factor so training starts
+            near the mean face (codes ~ 0) instead of at random FLAME parameters.
+        cam_init: camera (s, tx, ty) the encoder predicts at initialisation (added as a bias).
+        pretrained: optional path to ResNet trunk weights (.pdparams / safetensors).
+    """
+
+    def __init__(self, code_sizes: Dict[str, int], depth: int = 18, hidden: int = 512,
+                 init_scale: float = 0.1, cam_init=(8.0, 0.0, 0.0), pretrained: str = None):
+        super().__init__()
+        from paddle.vision.models import resnet
+
+        if depth not in _DEPTHS:
+            raise ConfigError(f"model.encoder_depth: ResNet depth {depth} is not available; "
+                              f"use one of {sorted(_DEPTHS)}")
+        block = resnet.BasicBlock if _DEPTHS[depth] == "basic" else resnet.BottleneckBlock
+        self.code_sizes = OrderedDict((k, int(v)) for k, v in code_sizes.items())
+        self.backbone = resnet.ResNet(block, depth, num_classes=0, with_pool=True)
+        feat = 512 * block.expansion
+        out = sum(self.code_sizes.values())
+        self.head = nn.Sequential(nn.Linear(feat, hidden), nn.ReLU(), nn.Linear(hidden, out))
+        last = self.head[2]
+        with paddle.no_grad():
+            last.weight.set_value(last.weight * init_scale)
+            bias = paddle.zeros([out])
+            if "cam" in self.code_sizes:
+                start = self._offset("cam")
+                n = min(3, self.code_sizes["cam"])
+                bias[start:start + n] = paddle.to_tensor(list(cam_init)[:n], dtype="float32")
+            last.bias.set_value(bias)
+        self.register_buffer("mean", paddle.to_tensor(_MEAN).reshape([1, 3, 1, 1]), persistable=False)
+        self.register_buffer("std", paddle.to_tensor(_STD).reshape([1, 3, 1, 1]), persistable=False)
+        if pretrained:
+            from ppengine.errors import InputError
+            import os
+
+            if not os.path.isfile(pretrained):
+                raise InputError(f"encoder weights {pretrained!r} not found")
+            if pretrained.endswith(".safetensors"):
+                from safetensors.numpy import load_file
+
+                state = {k: paddle.to_tensor(v) for k, v in load_file(pretrained).items()}
+            else:
+                state = paddle.load(pretrained)
+            self.backbone.set_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
+
+    def _offset(self, name: str) -> int:
+        off = 0
+        for k, v in self.code_sizes.items():
+            if k == name:
+                return off
+            off += v
+        raise KeyError(name)
+
+    def forward(self, images: paddle.Tensor) -> Dict[str, paddle.Tensor]:
+        """images (B, 3, H, W) in [0, 1] -> dict of codes, each (B, n) ('light': (B, 9, 3))."""
+        x = (images - self.mean) / self.std
+        feat = self.backbone(x).flatten(1)
+        params = self.head(feat)
+        out, off = {}, 0
+        for k, n in self.code_sizes.items():
+            out[k] = params[:, off:off + n]
+            off += n
+        if "light" in out and out["light"].shape[1] == 27:
+            out["light"] = out["light"].reshape([-1, 9, 3])
+        return out
