@@ -1,0 +1,3 @@
+"""Interoperability with diffusers / ppdiffusers folders and Stable Diffusion 2.x weights."""
+from .diffusers import (load_autoencoder, load_unet, save_autoencoder, save_unet,  # noqa: F401
+                        unet_kwargs_from_diffusers)

@@ -1,0 +1,198 @@
+"""Reading and writing diffusers / ppdiffusers weight folders (config.json + weights).
+
+Formats read:
+
+* ``diffusion_pytorch_model.safetensors`` (diffusers, or ppdiffusers with ``to_diffusers=True``):
+  PyTorch layout, Linear weights stored (out, in).
+* ``diffusion_paddle_model.safetensors`` (ppdiffusers' default): Paddle layout, Linear (in, out).
+* ``model_state.pdparams`` (ppdiffusers with ``safe_serialization=False``): read with a
+  restricted unpickler that only builds NumPy arrays (no code from the file runs).
+* sharded variants with a ``*.index.json``.
+
+The layout is told by the safetensors metadata ``format`` (``pt`` / ``pd``) or the file name.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+from typing import Dict, Tuple
+
+import numpy as np
+import paddle.nn as nn
+
+from ppengine.errors import CheckpointError, InputError
+
+PT_SAFE = "diffusion_pytorch_model.safetensors"
+PD_SAFE = "diffusion_paddle_model.safetensors"
+PD_PARAMS = "model_state.pdparams"
+PT_BIN = "diffusion_pytorch_model.bin"
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that allows only NumPy array reconstruction and plain containers."""
+
+    ALLOWED = {
+        ("collections", "OrderedDict"), ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+        ("builtins", "tuple"), ("builtins", "list"), ("builtins", "dict"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights pickle")
+
+
+def _read_pdparams(path: str) -> Dict[str, np.ndarray]:
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        obj = _ArrayUnpickler(io.BytesIO(data)).load()
+    except Exception as e:  # noqa: BLE001 - any failure is a bad file for the user
+        raise CheckpointError(f"{path}: not a Paddle state dict of arrays ({e}). Save the model with "
+                              "safetensors (save_pretrained(..., safe_serialization=True)) instead.") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of arrays, got {type(obj).__name__}")
+    return {k: np.asarray(v) for k, v in obj.items() if isinstance(v, np.ndarray)}
+
+
+def _read_safetensors(path: str) -> Tuple[Dict[str, np.ndarray], str]:
+    from safetensors import safe_open
+
+    try:
+        out = {}
+        with safe_open(path, framework="np") as f:
+            fmt = (f.metadata() or {}).get("format")
+            for k in f.keys():
+                out[k] = f.get_tensor(k)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot be read as safetensors ({e}); the file may be truncated "
+                              "or not a safetensors file. Re-download or re-save it.") from e
+    return out, fmt
+
+
+def read_folder_weights(folder: str) -> Tuple[Dict[str, np.ndarray], str, str]:
+    """Find and read the weights in a diffusers/ppdiffusers model folder.
+
+    Returns:
+        (name -> array, layout ``"pt"`` or ``"pd"``, file path read).
+    """
+    candidates = [(PD_SAFE, "pd"), (PT_SAFE, "pt"), (PD_PARAMS, "pd")]
+    for name, layout in candidates:
+        path = os.path.join(folder, name)
+        index = path + ".index.json"
+        if os.path.isfile(path):
+            if name.endswith(".safetensors"):
+                arrays, fmt = _read_safetensors(path)
+                return arrays, {"pt": "pt", "pd": "pd"}.get(fmt, layout), path
+            return _read_pdparams(path), layout, path
+        if os.path.isfile(index):
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            arrays, fmt = {}, None
+            for shard in shards:
+                sp = os.path.join(folder, shard)
+                if not os.path.isfile(sp):
+                    raise CheckpointError(f"{index} names shard {shard!r}, which is missing from {folder}")
+                if shard.endswith(".safetensors"):
+                    a, fmt = _read_safetensors(sp)
+                else:
+                    a = _read_pdparams(sp)
+                arrays.update(a)
+            return arrays, {"pt": "pt", "pd": "pd"}.get(fmt, layout), index
+    if os.path.isfile(os.path.join(folder, PT_BIN)):
+        raise InputError(f"{folder}: only {PT_BIN} (a PyTorch pickle) was found. ppldm does not unpickle "
+                         f"PyTorch files; convert it once with diffusers (save_pretrained(..., "
+                         f"safe_serialization=True)) to get {PT_SAFE}.")
+    raise InputError(f"{folder}: no weights found; expected one of {PD_SAFE}, {PT_SAFE}, {PD_PARAMS} "
+                     "(or a sharded *.index.json)")
+
+
+def read_config(folder: str) -> dict:
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        raise InputError(f"{folder}: no config.json. Give a folder written by save_pretrained "
+                         "(diffusers / ppdiffusers) or by ppldm.interop.save_unet / save_autoencoder.")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: invalid JSON ({e})") from e
+
+
+# Old diffusers VAE attention names (before 0.14) -> current names
+_LEGACY = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
+
+
+def linear_weight_names(model: nn.Layer):
+    return {name + ".weight" for name, layer in model.named_sublayers() if isinstance(layer, nn.Linear)}
+
+
+def to_paddle_layout(model: nn.Layer, arrays: Dict[str, np.ndarray], layout: str) -> Dict[str, np.ndarray]:
+    """Rename legacy keys and transpose PyTorch-layout Linear weights for ``model``."""
+    linear = linear_weight_names(model)
+    out = {}
+    for k, v in arrays.items():
+        for old, new in _LEGACY.items():
+            if old in k and k.replace(old, new) in linear | {n.replace(".weight", ".bias") for n in linear}:
+                k = k.replace(old, new)
+        if k in linear:
+            if v.ndim == 4 and v.shape[2:] == (1, 1):      # 1x1-conv form of a Linear
+                v = v[:, :, 0, 0]
+                if layout == "pd":
+                    v = v.T
+            if layout == "pt" and v.ndim == 2:
+                v = v.T
+        out[k] = v
+    return out
+
+
+def load_arrays_into(model: nn.Layer, arrays: Dict[str, np.ndarray], source: str, dtype: str = "float32"):
+    """Set ``model``'s parameters from ``arrays`` (Paddle layout); a CheckpointError lists missing
+    keys, unexpected keys and shape mismatches."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(arrays))
+    unexpected = sorted(set(arrays) - set(own))
+    mismatched = [f"{k}: file {tuple(arrays[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in sorted(set(own) & set(arrays)) if tuple(arrays[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
+        def show(items):
+            return "\n    " + "\n    ".join(items[:20]) + (f"\n    ... ({len(items) - 20} more)" if len(items) > 20 else "")
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}):{show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}):{show(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches ({len(mismatched)}):{show(mismatched)}")
+        raise CheckpointError(f"{source} does not match the {type(model).__name__} built from its config:\n  "
+                              + "\n  ".join(parts)
+                              + "\nCheck that config.json belongs to these weights and that the file is complete.")
+    model.set_state_dict({k: arrays[k].astype(dtype) if arrays[k].dtype.kind == "f" else arrays[k] for k in own})
+    return model
+
+
+def write_folder(model: nn.Layer, folder: str, config: dict, layout: str = "pt"):
+    """Write ``config.json`` and the weights (``pt``: diffusers file and layout; ``pd``:
+    ppdiffusers' Paddle-layout file), each atomically."""
+    from safetensors.numpy import save
+
+    from ppengine.checkpoint import atomic_write_bytes, atomic_write_json
+
+    if layout not in ("pt", "pd"):
+        raise InputError(f"layout must be 'pt' (diffusers) or 'pd' (ppdiffusers), got {layout!r}")
+    linear = linear_weight_names(model)
+    arrays = {}
+    for k, v in model.state_dict().items():
+        a = np.ascontiguousarray(v.numpy())
+        if layout == "pt" and k in linear:
+            a = np.ascontiguousarray(a.T)
+        arrays[k] = a
+    os.makedirs(folder, exist_ok=True)
+    name = PT_SAFE if layout == "pt" else PD_SAFE
+    atomic_write_bytes(os.path.join(folder, name), save(arrays, metadata={"format": layout}))
+    atomic_write_json(os.path.join(folder, "config.json"), config)
+    return folder
