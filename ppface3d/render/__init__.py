@@ -4,7 +4,7 @@ attribute interpolation, UV texture sampling, spherical-harmonics shading, camer
 from .cameras import OrthographicCamera, PerspectiveCamera, ndc_to_pixels
 from .interpolate import interpolate, sample_texture
 from .mesh import face_vertices, vertex_normals
-from .rasterize import Fragments, available_backends, barycentrics_from_faces, default_backend, rasterize, soft_silhouette
+from .raster import Fragments, available_backends, barycentrics_from_faces, default_backend, rasterize, soft_silhouette
 from .renderer import MeshRasterizer, Renderer, SHShader
 from .shading import SH_CONSTANTS, sh_basis, sh_shading
 

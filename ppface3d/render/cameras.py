@@ -48,9 +48,10 @@ class OrthographicCamera:
 
     def transform(self, points: paddle.Tensor) -> paddle.Tensor:
         """(B, N, 3) world points -> (B, N, 3) screen NDC."""
-        s = self.cam[:, 0].reshape([-1, 1])
-        x = s * (points[..., 0] + self.cam[:, 1:2])
-        y = s * (points[..., 1] + self.cam[:, 2:3])
+        cam = self.cam.astype(points.dtype)
+        s = cam[:, 0].reshape([-1, 1])
+        x = s * (points[..., 0] + cam[:, 1:2])
+        y = s * (points[..., 1] + cam[:, 2:3])
         z = s * points[..., 2]
         return paddle.stack([x, -y, -z], axis=-1)
 
@@ -98,15 +99,17 @@ class PerspectiveCamera:
 
     def to_camera(self, points: paddle.Tensor) -> paddle.Tensor:
         """(B, N, 3) world points -> (B, N, 3) camera-frame points."""
-        return paddle.matmul(points, self.R, transpose_y=True) + self.T.unsqueeze(1)
+        R, T = self.R.astype(points.dtype), self.T.astype(points.dtype)
+        return paddle.matmul(points, R, transpose_y=True) + T.unsqueeze(1)
 
     def transform(self, points: paddle.Tensor) -> paddle.Tensor:
         """(B, N, 3) world points -> (B, N, 3) screen NDC with z = view depth."""
         pc = self.to_camera(points)
         z = pc[..., 2]
         zs = paddle.where(z.abs() < 1e-8, paddle.full_like(z, 1e-8), z)
-        x = self.focal * pc[..., 0] / zs + self.principal_point[:, 0:1]
-        y = self.focal * pc[..., 1] / zs + self.principal_point[:, 1:2]
+        f, pp = self.focal.astype(points.dtype), self.principal_point.astype(points.dtype)
+        x = f * pc[..., 0] / zs + pp[:, 0:1]
+        y = f * pc[..., 1] / zs + pp[:, 1:2]
         return paddle.stack([x, y, z], axis=-1)
 
     def project(self, points: paddle.Tensor) -> paddle.Tensor:

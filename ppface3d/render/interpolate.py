@@ -8,7 +8,7 @@ import paddle.nn.functional as F
 
 from ppengine.errors import InputError
 
-from .rasterize import Fragments
+from .raster import Fragments
 
 
 def interpolate(fragments: Fragments, attributes: paddle.Tensor, faces: Optional[paddle.Tensor] = None) -> paddle.Tensor:

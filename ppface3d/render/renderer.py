@@ -10,7 +10,7 @@ from ppengine.errors import InputError
 
 from .interpolate import interpolate, sample_texture
 from .mesh import vertex_normals
-from .rasterize import Fragments, rasterize
+from .raster import Fragments, rasterize
 from .shading import sh_shading
 
 
