@@ -1,6 +1,7 @@
 """Sampling loop over a ppdiffusers scheduler, with classifier-free guidance and a progress bar."""
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
@@ -57,7 +58,7 @@ def sample(model: Callable, scheduler, shape: Sequence[int], cond: Optional[Dict
         x = x * float(scheduler.init_noise_sigma)
     else:
         x = latents.astype("float32")
-    if generator is not None:
+    if generator is not None and "generator" in inspect.signature(scheduler.step).parameters:
         step_kwargs["generator"] = generator
     timesteps = scheduler.timesteps
     for t in tqdm(timesteps, desc="sampling", disable=not progress, leave=False):
