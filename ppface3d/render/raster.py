@@ -347,7 +347,8 @@ def soft_silhouette(
 
     ``d_f(p)`` is the NDC distance from the pixel centre to face ``f``'s boundary, positive
     sign inside the face. Each face only touches pixels within the distance where its
-    probability drops below ``eps``. Written in Paddle ops (autodiff gives the gradients), so it
+    probability drops below ``eps`` (its log-miss term is shifted to reach 0 exactly there,
+    so the result is continuous). Written in Paddle ops (autodiff gives the gradients), so it
     is smooth in the vertex positions everywhere, including at silhouette edges.
 
     Args:
@@ -381,10 +382,10 @@ def soft_silhouette(
         y1 = paddle.clip(paddle.floor(y.max(axis=1) + ry), -1, H - 1).astype("int64")
         owner, row, col = _expand_boxes(x0, x1, y0, y1, valid)
     if owner.shape[0] == 0:
-        return paddle.zeros([B, H, W], dtype="float32")
+        return paddle.zeros([B, H, W], dtype=fxy.dtype)
     c = paddle.gather(fxy, owner)  # (N, 3, 2), differentiable
-    px = (2.0 * col.astype("float32") + 1.0) / W - 1.0
-    py = (2.0 * row.astype("float32") + 1.0) / H - 1.0
+    px = (2.0 * col.astype(fxy.dtype) + 1.0) / W - 1.0
+    py = (2.0 * row.astype(fxy.dtype) + 1.0) / H - 1.0
     ax, ay = c[:, :, 0], c[:, :, 1]
     d2 = paddle.minimum(
         paddle.minimum(
@@ -399,8 +400,11 @@ def soft_silhouette(
         s1 = _edge(ax[:, 2], ay[:, 2], ax[:, 0], ay[:, 0], px, py) * a
         s2 = _edge(ax[:, 0], ay[:, 0], ax[:, 1], ay[:, 1], px, py) * a
         sign = paddle.where((s0 >= 0) & (s1 >= 0) & (s2 >= 0), paddle.ones_like(a), -paddle.ones_like(a))
-    # log(1 - sigmoid(t)) = -softplus(t): stable for very sharp sigma
-    log_miss = -paddle.nn.functional.softplus(sign * d2 / sigma)
+    # log(1 - sigmoid(t)) = -softplus(t) (stable for sharp sigma), shifted by its value at the
+    # cut-off distance and clamped, so a pixel entering or leaving a face's reach changes
+    # nothing discontinuously (finite differences then match the gradient).
+    cut = -math.log1p(-eps)  # = softplus(-reach^2 / sigma)
+    log_miss = paddle.clip(-paddle.nn.functional.softplus(sign * d2 / sigma) + cut, max=0.0)
     pix = ((owner // F) * H + row) * W + col
-    acc = paddle.zeros([B * H * W], dtype="float32").put_along_axis(pix, log_miss, 0, reduce="add")
+    acc = paddle.zeros([B * H * W], dtype=fxy.dtype).put_along_axis(pix, log_miss, 0, reduce="add")
     return (1.0 - paddle.exp(acc)).reshape([B, H, W])
