@@ -1,8 +1,9 @@
 """Face data: photo loading, mediapipe preprocessing (68 landmarks, DECA crop), datasets."""
-from . import image_folder  # noqa: F401  (registers FaceImageFolder)
+from . import image_folder, synthetic  # noqa: F401  (registers FaceImageFolder, SyntheticFaces)
 from .image_folder import FaceImageFolder
 from .io import load_image
 from .preprocess import FaceCrop, FacePreprocessor, PreprocessResult, deca_crop_transform, mediapipe_to_68
+from .synthetic import SyntheticFaces
 
-__all__ = ["FaceImageFolder", "FacePreprocessor", "FaceCrop", "PreprocessResult", "load_image",
+__all__ = ["FaceImageFolder", "SyntheticFaces", "FacePreprocessor", "FaceCrop", "PreprocessResult", "load_image",
            "deca_crop_transform", "mediapipe_to_68"]

@@ -148,7 +148,7 @@ class FaceImageFolder(paddle.io.Dataset):
         crop = warp_crop(image, T, self.image_size)
         lm_crop = apply_transform(T, lm[:, :2])
         mask = landmark_face_mask(lm_crop, self.image_size)
-        lm_norm = np.concatenate([lm_crop / self.image_size * 2.0 - 1.0, lm[:, 2:3]], 1)
+        lm_norm = np.concatenate([(lm_crop + 0.5) / self.image_size * 2.0 - 1.0, lm[:, 2:3]], 1)
         return crop.transpose(2, 0, 1), lm_norm.astype(np.float32), mask, T.astype(np.float32)
 
     def __getitem__(self, i: int) -> Dict[str, np.ndarray]:

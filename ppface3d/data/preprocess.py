@@ -189,7 +189,7 @@ class FaceCrop:
     def landmarks_normalized(self) -> np.ndarray:
         """(68, 2) landmarks in DECA's [-1, 1] crop coordinates."""
         s = self.image.shape[0]
-        return (self.landmarks / s * 2.0 - 1.0).astype(np.float32)
+        return ((self.landmarks + 0.5) / s * 2.0 - 1.0).astype(np.float32)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Dict
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 
@@ -33,11 +34,12 @@ class ResNetEncoder(nn.Layer):
         init_scale: the final layer's weights are scaled by this factor so training starts
             near the mean face (codes ~ 0) instead of at random FLAME parameters.
         cam_init: camera (s, tx, ty) the encoder predicts at initialisation (added as a bias).
+        light_init: (27,) light code at initialisation (e.g. a white ambient light), or None.
         pretrained: optional path to ResNet trunk weights (.pdparams / safetensors).
     """
 
     def __init__(self, code_sizes: Dict[str, int], depth: int = 18, hidden: int = 512,
-                 init_scale: float = 0.1, cam_init=(8.0, 0.0, 0.0), pretrained: str = None):
+                 init_scale: float = 0.1, cam_init=(8.0, 0.0, 0.0), light_init=None, pretrained: str = None):
         super().__init__()
         from paddle.vision.models import resnet
 
@@ -58,6 +60,10 @@ class ResNetEncoder(nn.Layer):
                 start = self._offset("cam")
                 n = min(3, self.code_sizes["cam"])
                 bias[start:start + n] = paddle.to_tensor(list(cam_init)[:n], dtype="float32")
+            if light_init is not None and "light" in self.code_sizes:
+                start = self._offset("light")
+                li = paddle.to_tensor(np.asarray(light_init, np.float32).reshape(-1))
+                bias[start:start + li.shape[0]] = li
             last.bias.set_value(bias)
         self.register_buffer("mean", paddle.to_tensor(_MEAN).reshape([1, 3, 1, 1]), persistable=False)
         self.register_buffer("std", paddle.to_tensor(_STD).reshape([1, 3, 1, 1]), persistable=False)

@@ -1,0 +1,268 @@
+"""DECA coarse model: image -> FLAME shape/expression/pose, albedo, SH light, camera -> render.
+
+    model = DECA(image_size=224, encoder_depth=50)          # paper sizes (GPU)
+    out = model({"image": images})        # images (B, K, 3, S, S) in [0, 1]
+    out["codes"]["shape"]                 # (B*K, n_shape)
+    out["landmarks2d"]                    # (B*K, 68, 2) screen NDC (x right, y down, [-1, 1])
+    out["image"]                          # (B*K, 3, S, S) rendering (when rendered)
+
+Components (each its own file): :class:`~ppface3d.models.encoder.ResNetEncoder`,
+:class:`ppface3d.flame.FLAME`, :class:`~ppface3d.models.albedo.AlbedoModel`,
+:class:`ppface3d.render.Renderer` with DECA's orthographic camera, and
+:class:`~ppface3d.losses.DECALoss`. Codes follow DECA: pose = [global axis-angle (3),
+jaw axis-angle (3)], cam = [s, tx, ty], light = 9 SH x RGB.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+from ppengine.registry import LOSSES, MODELS
+
+from ..losses.deca_losses import consistency_order
+from .albedo import AlbedoModel
+from .encoder import ResNetEncoder
+
+# DECA's crop: landmark box side * 1.1 * 1.25 spans the image (NDC width 2).
+CROP_FACTOR = 1.1 * 1.25
+
+
+def framing_camera(landmarks3d: np.ndarray) -> np.ndarray:
+    """Orthographic camera [s, tx, ty] framing 3D landmarks (..., 68, 3) as DECA's crop does.
+
+    The projected landmark box's mean side times 1.1 * 1.25 spans the image, centred.
+    Returns (..., 3).
+    """
+    lm = np.asarray(landmarks3d, np.float64)
+    lo, hi = lm[..., :2].min(-2), lm[..., :2].max(-2)
+    side = ((hi - lo).sum(-1)) / 2.0
+    s = 2.0 / (side * CROP_FACTOR)
+    c = (lo + hi) / 2.0
+    return np.stack([s, -c[..., 0], -c[..., 1]], -1).astype(np.float32)
+
+
+def sh_ambient(level: float = 1.0) -> np.ndarray:
+    """(9, 3) SH coefficients of a uniform white light giving shading ``level``."""
+    from ..render.shading import SH_CONSTANTS
+
+    sh = np.zeros((9, 3), np.float32)
+    sh[0] = level / SH_CONSTANTS[0]
+    return sh
+
+
+@MODELS.register()
+class DECA(nn.Layer):
+    """DECA coarse reconstruction model (encoder + FLAME + albedo + renderer + losses).
+
+    Args:
+        n_shape, n_tex, n_exp, n_pose, n_cam, n_light: code sizes (DECA: 100, 50, 50, 6, 3, 27).
+        encoder_depth: ResNet depth (DECA 50; 18 for CPU).
+        encoder_hidden: MLP head width.
+        encoder_weights: optional ResNet trunk weights path.
+        image_size: input crop and render size S.
+        uv_size: albedo texture size.
+        flame_model_path, flame_landmark_path: licensed FLAME files; None = generated default.
+        albedo_path: DECA/FLAME albedo .npz; None = generated albedo space.
+        render_backend: rasterizer backend ('auto', 'cpp', 'paddle').
+        loss: loss config (default ``{type: DECALoss}`` with DECA's weights).
+    """
+
+    def __init__(self, n_shape: int = 100, n_tex: int = 50, n_exp: int = 50, n_pose: int = 6,
+                 n_cam: int = 3, n_light: int = 27, encoder_depth: int = 18, encoder_hidden: int = 512,
+                 encoder_weights: Optional[str] = None, image_size: int = 224, uv_size: int = 64,
+                 flame_model_path: Optional[str] = None, flame_landmark_path: Optional[str] = None,
+                 albedo_path: Optional[str] = None, albedo_seed: int = 0, render_backend: str = "auto",
+                 loss: Optional[dict] = None):
+        super().__init__()
+        from ppengine.errors import ConfigError
+
+        from ..flame import FLAME
+        from ..render import Renderer
+
+        if n_pose != 6 or n_cam != 3 or n_light != 27:
+            raise ConfigError("model: DECA's pose is 6 (global + jaw axis-angle), cam 3 ([s, tx, ty]) and "
+                              f"light 27 (9 SH x RGB); got n_pose={n_pose}, n_cam={n_cam}, n_light={n_light}")
+        self.image_size = int(image_size)
+        self.flame = FLAME(flame_model_path, flame_landmark_path, n_shape=n_shape, n_expression=n_exp)
+        self.albedo = AlbedoModel(n_tex, uv_size, albedo_path, flame=self.flame, seed=albedo_seed)
+        self.renderer = Renderer(self.image_size, self.flame.faces, self.flame.uv_coords, self.flame.uv_faces,
+                                 backend=render_backend)
+        self.code_sizes = {"shape": n_shape, "tex": n_tex, "exp": n_exp, "pose": n_pose, "cam": n_cam,
+                           "light": n_light}
+        with paddle.no_grad():
+            mean = self.flame(shape=paddle.zeros([1, n_shape]))
+        self._mean_lmk = self._lmk68(mean).numpy()[0]
+        cam0 = framing_camera(self._mean_lmk)
+        self.encoder = ResNetEncoder(self.code_sizes, depth=encoder_depth, hidden=encoder_hidden,
+                                     cam_init=tuple(cam0.tolist()), light_init=sh_ambient(1.0).reshape(-1),
+                                     pretrained=encoder_weights)
+        self.loss_fn = LOSSES.build(loss or {"type": "DECALoss"}, key_path="model.loss")
+
+    # ------------------------------------------------------------------ pieces
+    @staticmethod
+    def _lmk68(flame_out):
+        return flame_out.landmarks_full68 if flame_out.landmarks_full68 is not None else flame_out.landmarks
+
+    @property
+    def faces(self) -> np.ndarray:
+        return self.flame.faces
+
+    def encode(self, images: paddle.Tensor) -> Dict[str, paddle.Tensor]:
+        """images (N, 3, S, S) in [0, 1] -> codes dict (shape (N, n_shape), ..., light (N, 9, 3))."""
+        return self.encoder(images)
+
+    def decode(self, codes: Dict[str, paddle.Tensor], render: bool = True,
+               background: Optional[paddle.Tensor] = None) -> Dict[str, paddle.Tensor]:
+        """FLAME + camera (+ albedo and rendering) from codes.
+
+        Returns 'vertices' (N, V, 3) world, 'landmarks3d' (N, 68, 3) world, 'landmarks2d'
+        (N, 68, 2) screen NDC, 'transformed_vertices' (N, V, 3) screen NDC; when ``render``:
+        'image' (N, 3, S, S) shaded albedo over ``background`` (default black), 'alpha'
+        (N, 1, S, S), 'albedo' (N, 3, T, T) UV albedo, 'shape_image' (N, 3, S, S) grey shading,
+        'normal_images'.
+        """
+        from ..render import OrthographicCamera
+
+        pose = codes["pose"]
+        fo = self.flame(shape=codes["shape"], expression=codes["exp"], global_pose=pose[:, :3],
+                        jaw_pose=pose[:, 3:6])
+        cam = OrthographicCamera(codes["cam"])
+        lmk3d = fo.landmarks
+        out = {"vertices": fo.vertices, "landmarks3d": lmk3d, "landmarks2d": cam.project(lmk3d),
+               "transformed_vertices": cam.transform(fo.vertices)}
+        if render:
+            albedo = self.albedo(codes["tex"])
+            r = self.renderer(fo.vertices, cam, albedos=albedo, lights=codes["light"], background=background)
+            out.update(image=r["images"], alpha=r["alpha_images"], albedo=albedo,
+                       normal_images=r["normal_images"], albedo_images=r["albedo_images"])
+        return out
+
+    def shape_images(self, codes, vertices=None) -> paddle.Tensor:
+        """Grey, lit renders of the geometry (N, 3, S, S) (DECA's 'shape_images')."""
+        from ..render import OrthographicCamera
+
+        if vertices is None:
+            pose = codes["pose"]
+            vertices = self.flame(shape=codes["shape"], expression=codes["exp"], global_pose=pose[:, :3],
+                                  jaw_pose=pose[:, 3:6]).vertices
+        N = vertices.shape[0]
+        light = np.zeros((9, 3), np.float32)
+        light[:] = sh_ambient(0.75)
+        light[3] = 0.45  # frontal (z) light
+        light[2] = 0.25  # from above
+        lights = paddle.to_tensor(np.tile(light[None], (N, 1, 1)))
+        r = self.renderer(vertices, OrthographicCamera(codes["cam"]), lights=lights,
+                          vertex_colors=paddle.full([N, vertices.shape[1], 3], 0.8))
+        return r["images"]
+
+    # ------------------------------------------------------------------ engine contract
+    @staticmethod
+    def _flat(x: paddle.Tensor) -> paddle.Tensor:
+        """(B, K, ...) -> (B*K, ...)."""
+        return x.reshape([-1] + list(x.shape[2:]))
+
+    def forward(self, batch: Dict) -> Dict:
+        """batch['image'] (B, K, 3, S, S) (or (B, 3, S, S)) -> codes and decoded outputs.
+
+        In training with K > 1 and shape consistency on, the codes are doubled as DECA does:
+        the second half carries shape codes swapped among the K images of each subject.
+        """
+        images = batch["image"]
+        if images.ndim == 4:
+            images = images.unsqueeze(1)
+        B, K = images.shape[0], images.shape[1]
+        codes = self.encode(self._flat(images))
+        doubled = False
+        if self.training and self.loss_fn.shape_consistency and K > 1:
+            order = consistency_order(B, K, np.random.default_rng(np.random.randint(0, 2 ** 31 - 1)))
+            codes = {k: paddle.concat([v, v], 0) for k, v in codes.items()}
+            shape = codes["shape"][: B * K]
+            codes["shape"] = paddle.concat([shape, paddle.gather(shape, paddle.to_tensor(order))], 0)
+            doubled = True
+        render = (not self.training) or self.loss_fn.w["photo"] > 0 or self.loss_fn.use_identity
+        out = self.decode(codes, render=render)
+        out["codes"] = codes
+        out["doubled"] = doubled
+        return out
+
+    def _targets(self, batch: Dict, doubled: bool) -> Dict[str, paddle.Tensor]:
+        t = {}
+        for k in ("landmark", "image", "mask", "shape", "exp", "pose"):
+            if k in batch and isinstance(batch[k], paddle.Tensor):
+                v = batch[k]
+                if k == "image" and v.ndim == 4:
+                    v = v.unsqueeze(1)
+                if k in ("landmark", "image", "mask") or v.ndim >= 3:
+                    v = self._flat(v)
+                elif k == "shape":  # per-subject GT (B, n) -> per image (B*K, n)
+                    K = batch["image"].shape[1] if batch["image"].ndim == 5 else 1
+                    v = v.unsqueeze(1).expand([v.shape[0], K, v.shape[1]]).reshape([-1, v.shape[1]])
+                t[k] = paddle.concat([v, v], 0) if doubled else v
+        return t
+
+    def losses(self, batch: Dict, outputs: Dict) -> Dict[str, paddle.Tensor]:
+        target = self._targets(batch, outputs.get("doubled", False))
+        pred = {"landmarks2d": outputs["landmarks2d"]}
+        if "image" in outputs:
+            pred["image"] = outputs["image"]
+            if self.loss_fn.use_identity:
+                # DECA: rendered face pasted over the photo, shape-only gradient
+                a = outputs["alpha"]
+                pred["identity_image"] = outputs["image"] * a + target["image"] * (1 - a)
+        return self.loss_fn(outputs["codes"], pred, target)
+
+    @paddle.no_grad()
+    def eval_step(self, batch: Dict) -> Dict:
+        """Outputs for metrics: the forward outputs plus neutral meshes and the mean shape."""
+        was = self.training
+        self.eval()
+        images = batch["image"]
+        if images.ndim == 4:
+            images = images.unsqueeze(1)
+        codes = self.encode(self._flat(images))
+        out = self.decode(codes, render=False)
+        neutral = self.flame(shape=codes["shape"])
+        mean = self.flame(shape=paddle.zeros([1, self.code_sizes["shape"]]))
+        out.update(codes=codes, verts_neutral=neutral.vertices, lmk3d_neutral=self._lmk68(neutral),
+                   verts_mean=mean.vertices[0], lmk3d_mean=self._lmk68(mean)[0], faces=self.flame.faces)
+        if was:
+            self.train()
+        return out
+
+    @paddle.no_grad()
+    def visuals(self, batch: Dict, outputs: Dict) -> Dict[str, np.ndarray]:
+        """One row per image (up to 4): input | landmarks (green GT, red predicted) | render | shape."""
+        images = batch["image"]
+        if images.ndim == 4:
+            images = images.unsqueeze(1)
+        x = self._flat(images)[:4]
+        codes = {k: v[:4] for k, v in outputs["codes"].items()}
+        dec = self.decode(codes, render=True, background=x)
+        shp = self.shape_images(codes, dec["vertices"])
+        lm_gt = self._flat(batch["landmark"])[:4].numpy() if "landmark" in batch else None
+        rows = []
+        for i in range(x.shape[0]):
+            img = x[i].numpy().transpose(1, 2, 0)
+            lmk = draw_landmarks(img, dec["landmarks2d"][i].numpy(), (1.0, 0.1, 0.1),
+                                 None if lm_gt is None else lm_gt[i], (0.1, 1.0, 0.1))
+            rows.append(np.concatenate([img, lmk, dec["image"][i].numpy().transpose(1, 2, 0),
+                                        shp[i].numpy().transpose(1, 2, 0)], 1))
+        grid = np.concatenate(rows, 0)
+        return {"deca": (np.clip(grid, 0, 1) * 255).astype(np.uint8)}
+
+
+def draw_landmarks(image: np.ndarray, lmk_ndc: np.ndarray, color=(1.0, 0.1, 0.1), lmk2=None, color2=(0.1, 1.0, 0.1)):
+    """Draw (68, 2) NDC landmarks (and optionally a second set) on a copy of an (S, S, 3) float image."""
+    out = np.array(image, dtype=np.float32, copy=True)
+    S = out.shape[0]
+    for pts, col in ((lmk2, color2), (lmk_ndc, color)):
+        if pts is None:
+            continue
+        px = (np.asarray(pts)[:, :2] + 1.0) * S / 2.0 - 0.5
+        r = max(1, S // 112)
+        for x, y in np.round(px).astype(int):
+            out[max(0, y - r):max(0, y + r + 1), max(0, x - r):max(0, x + r + 1)] = col
+    return out
