@@ -42,7 +42,7 @@ def split_indices(n_labels, split: str, test_frac: float = 0.2, seed: int = 0):
 @DATASETS.register()
 class Digits:
     """sklearn digits. Item: ``image`` [channels, size, size] float32 in [-1, 1] (ink bright),
-    ``label`` int64 (0..9), ``caption`` str (e.g. "the digit 7").
+    ``label`` int64 (0..9), ``caption`` str (e.g. "the digit 7"), ``index`` int64.
 
     Splits: ``train`` (1,437 images) and ``test`` (360; ``val`` is the same held-out set),
     stratified by class with ``seed``.
@@ -68,4 +68,4 @@ class Digits:
         i = i % len(self.labels)
         img = np.repeat(self.images[i][None], self.channels, axis=0)
         return {"image": img.astype(np.float32), "label": np.int64(self.labels[i]),
-                "caption": f"the digit {int(self.labels[i])}"}
+                "caption": f"the digit {int(self.labels[i])}", "index": np.int64(i)}

@@ -68,7 +68,8 @@ class ImageFolderJSONL:
     Item (same keys as :class:`~ppldm.data.shapes.ShapesWorld`):
         image [3, size, size] float32 in [-1, 1]; caption str ("" when absent);
         label int64 (-1 when absent); boxes [max_objects, 5] (class -1 rows are padding);
-        mask [1, size, size] (random rectangle, deterministic by index); masked_image [3, size, size].
+        mask [1, size, size] (random rectangle, deterministic by index); masked_image [3, size, size];
+        index int64.
     """
 
     def __init__(self, root: str, annotations: str = None, size: int = 32, max_objects: int = 8,
@@ -148,4 +149,5 @@ class ImageFolderJSONL:
             boxes[:, 0] = -1
         mask = random_rect_mask(np.random.default_rng([self.seed, i, 7]), self.size)[None]
         return {"image": img, "caption": rec["caption"], "label": np.int64(rec["label"]),
-                "boxes": boxes.copy(), "mask": mask, "masked_image": (img * (1 - mask)).astype(np.float32)}
+                "boxes": boxes.copy(), "mask": mask, "masked_image": (img * (1 - mask)).astype(np.float32),
+                "index": np.int64(i)}

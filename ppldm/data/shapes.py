@@ -197,6 +197,7 @@ class ShapesWorld:
         mask:    [1, size, size] float32, 1 = region to inpaint: a random rectangle
                  (``mask_mode="rect"``) or the grown box of one object (``mask_mode="object"``)
         masked_image: [3, size, size] float32, ``image`` with the mask region set to 0
+        index:   int64, the item's index (lets a model cache per-item latents)
     """
 
     SPLIT_OFFSET = {"train": 0, "val": 10_000_000, "test": 20_000_000}
@@ -242,6 +243,7 @@ class ShapesWorld:
             "boxes": boxes_array(sc.objects, self.max_objects),
             "mask": mask,
             "masked_image": (image * (1 - mask)).astype(np.float32),
+            "index": np.int64(idx),
         }
         if self.cache:
             self._cache[idx] = item

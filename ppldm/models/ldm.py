@@ -1,0 +1,300 @@
+"""LatentDiffusion: a frozen first-stage autoencoder, a UNet denoiser and an optional conditioner.
+
+One class serves every task of the LDM paper, chosen by configuration, not by code paths:
+
+=================  ======================================  ===============================
+task               conditioner (cross-attention)           concat (channels into the UNet)
+=================  ======================================  ===============================
+unconditional      none                                    none
+class-to-image     ClassEmbedder                           none
+text-to-image      TextTransformer / MiniLMEncoder         none
+layout-to-image    LayoutEmbedder                          none
+inpainting         none                                    ``inpaint``: mask + masked-image latent
+super-resolution   none                                    ``lowres``: low-res image at latent size
+=================  ======================================  ===============================
+
+Training: ``forward(batch)`` encodes ``batch['image']`` (no gradient; per-item latents cached
+when ``cache_latents`` and the batch carries ``index``), scales the latent (fixed factor or
+1/std of the first batch), drops the condition with probability ``cond_drop`` (for
+classifier-free guidance) and returns the diffusion objective. ``eval_step`` samples images
+for the metrics; :meth:`generate` is the inference entry point.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from ppengine.errors import ConfigError, InputError
+from ppengine.registry import MODELS, check_kwargs
+
+from ..conditioners import CONDITIONERS
+from ..diffusion import GaussianDiffusion, LatentScale, sample
+from .autoencoder_trainer import build_autoencoder
+from .unet import UNet
+
+CONCAT_MODES = (None, "inpaint", "lowres")
+
+
+def load_autoencoder_weights(ae: nn.Layer, path: str):
+    """Load autoencoder weights from a safetensors file written by AutoencoderTrainer (keys
+    ``ae.*``) or holding the bare autoencoder (keys without prefix)."""
+    from ppengine.checkpoint import load_tensors, load_weights
+
+    arrays = load_tensors(path)
+    if any(k.startswith("ae.") for k in arrays):
+        arrays = {k[3:]: v for k, v in arrays.items() if k.startswith("ae.")}
+    load_weights(ae, arrays)
+
+
+@MODELS.register()
+class LatentDiffusion(nn.Layer):
+    """Latent diffusion model (see the module docstring for the task table).
+
+    Args:
+        autoencoder: ``{kind: kl|vq, weights: path, ...}``: the first stage (frozen). ``weights``
+            is the ``final.safetensors`` / ``best.safetensors`` of an AutoencoderTrainer run; it
+            may be absent when ``model.weights`` (a full LatentDiffusion checkpoint) is given.
+        unet: UNet arguments; ``in_channels``/``out_channels``/``concat_channels``/``context_dim``
+            are filled in from the autoencoder, ``concat`` and the conditioner.
+        conditioner: a conditioner config (``type: ClassEmbedder`` ...) or null.
+        concat: null, ``inpaint`` or ``lowres``.
+        diffusion: GaussianDiffusion arguments (T, beta schedule, prediction type, loss).
+        scale_factor: latent scale; null = 1/std of the first training batch (LDM's scale_by_std).
+        cond_drop: probability of training a sample with the null condition.
+        sampler: defaults for sampling: ``{name: ddim, steps: 50, guidance_scale: 1.0, eta: 0.0,
+            paste: false}`` (``paste``: inpainting keeps the known pixels exactly).
+        cache_latents: cache the first stage's posterior per ``batch['index']`` (in memory).
+    """
+
+    def __init__(self, autoencoder: dict, unet: dict = None, conditioner: dict = None, concat: str = None,
+                 diffusion: dict = None, scale_factor: Optional[float] = None, cond_drop: float = 0.1,
+                 sampler: dict = None, cache_latents: bool = True):
+        super().__init__()
+        if concat not in CONCAT_MODES:
+            raise ConfigError(f"model.concat must be one of {CONCAT_MODES}, got {concat!r}")
+        spec = dict(autoencoder or {})
+        self.ae_kind = spec.get("kind", "kl")
+        weights = spec.get("weights")
+        self.ae = build_autoencoder(spec)
+        for p in self.ae.parameters():
+            p.stop_gradient = True
+        self.register_buffer("ae_ready", paddle.to_tensor([0.0]))
+        if weights:
+            if os.path.isfile(weights):
+                load_autoencoder_weights(self.ae, weights)
+                self.ae_ready.set_value(paddle.to_tensor([1.0]))
+            elif not os.path.exists(weights):
+                self._missing_ae = weights
+        self.image_channels = self.ae.config["in_channels"]
+        self.latent_channels = (self.ae.config["latent_channels"] if self.ae_kind == "kl"
+                                else self.ae.config["embed_dim"])
+        self.f = self.ae.downsample_factor
+
+        self.conditioner = CONDITIONERS.build(conditioner, "model.conditioner") if conditioner else None
+        self.concat = concat
+        ucfg = dict(unet or {})
+        for k in ("in_channels", "out_channels", "concat_channels", "context_dim"):
+            ucfg.pop(k, None)
+        concat_ch = {None: 0, "inpaint": self.latent_channels + 1, "lowres": self.image_channels}[concat]
+        ucfg.update(in_channels=self.latent_channels, out_channels=self.latent_channels,
+                    concat_channels=concat_ch,
+                    context_dim=self.conditioner.out_dim if self.conditioner is not None else None)
+        check_kwargs(UNet, ucfg, "model.unet", what="UNet")
+        self.unet = UNet(**ucfg)
+        dcfg = dict(diffusion or {})
+        check_kwargs(GaussianDiffusion, dcfg, "model.diffusion", what="diffusion")
+        self.diffusion = GaussianDiffusion(**dcfg)
+        self.scale = LatentScale(scale_factor if scale_factor is not None else 1.0, scale_by_std=scale_factor is None)
+        if not 0.0 <= float(cond_drop) <= 1.0:
+            raise ConfigError(f"model.cond_drop must be in [0, 1], got {cond_drop}")
+        self.cond_drop = float(cond_drop)
+        self.sampler_cfg = {"name": "ddim", "steps": 50, "guidance_scale": 1.0, "eta": 0.0, "paste": False}
+        unknown = set(sampler or {}) - set(self.sampler_cfg)
+        if unknown:
+            raise ConfigError(f"model.sampler: unknown key(s) {sorted(unknown)}; valid: {sorted(self.sampler_cfg)}")
+        self.sampler_cfg.update(sampler or {})
+        self.cache_latents = bool(cache_latents)
+        self._latent_cache: Dict[int, np.ndarray] = {}
+        self._eval_calls = 0
+
+    # ------------------------------------------------------------------ first stage
+    def _check_ready(self):
+        if float(self.ae_ready) == 0.0:
+            where = getattr(self, "_missing_ae", None)
+            raise InputError(
+                "LatentDiffusion: the autoencoder has no trained weights"
+                + (f" ({where!r} does not exist)" if where else "")
+                + ". Train the first stage (python tools/train.py -c configs/ldm/ae_<data>.yml) and set "
+                  "model.autoencoder.weights to its final.safetensors, or give model.weights of a trained LDM.")
+
+    @paddle.no_grad()
+    def _moments(self, images: paddle.Tensor) -> paddle.Tensor:
+        """Images (B, C, H, W) -> first-stage moments: KL (B, 2c, h, w) mean+logvar; VQ (B, c, h, w)."""
+        if self.ae_kind == "kl":
+            post = self.ae.encode(images)
+            return paddle.concat([post.mean, post.logvar], axis=1)
+        return self.ae.encode(images)
+
+    def _latent_from_moments(self, m: paddle.Tensor, sample_posterior: bool) -> paddle.Tensor:
+        if self.ae_kind != "kl":
+            return m
+        mean, logvar = paddle.chunk(m, 2, axis=1)
+        if not sample_posterior:
+            return mean
+        return mean + paddle.exp(0.5 * logvar) * paddle.randn(mean.shape, dtype=mean.dtype)
+
+    @paddle.no_grad()
+    def encode(self, images: paddle.Tensor, index=None, sample_posterior: bool = False) -> paddle.Tensor:
+        """Images (B, C, H, W) in [-1, 1] -> scaled latents (B, c, H/f, W/f)."""
+        self._check_ready()
+        if index is not None and self.cache_latents:
+            idx = [int(i) for i in np.asarray(index.numpy() if hasattr(index, "numpy") else index).reshape(-1)]
+            todo = [j for j, i in enumerate(idx) if i not in self._latent_cache]
+            if todo:
+                m = self._moments(paddle.gather(images, paddle.to_tensor(todo))).numpy()
+                for j, mm in zip(todo, m):
+                    self._latent_cache[idx[j]] = mm
+            moments = paddle.to_tensor(np.stack([self._latent_cache[i] for i in idx]))
+        else:
+            moments = self._moments(images)
+        z = self._latent_from_moments(moments, sample_posterior)
+        return z
+
+    @paddle.no_grad()
+    def decode(self, z: paddle.Tensor) -> paddle.Tensor:
+        """Scaled latents (B, c, h, w) -> images (B, C, h*f, w*f) in [-1, 1] (clipped)."""
+        return self.ae.decode(self.scale.unscale(z)).clip(-1.0, 1.0)
+
+    # ------------------------------------------------------------------ conditioning
+    def _cond(self, batch, b: int, drop: Optional[np.ndarray] = None, null: bool = False) -> dict:
+        kw = {}
+        if self.conditioner is not None:
+            key = self.conditioner.key
+            if null:
+                values = self.conditioner.null(b)
+            else:
+                if key not in batch:
+                    raise InputError(f"this model is conditioned on {key!r}, which the batch lacks "
+                                     f"(keys: {', '.join(batch)})")
+                values = batch[key]
+            kw["context"] = self.conditioner(values, drop=drop)
+        return kw
+
+    def _concat(self, batch, h: int, w: int) -> Optional[paddle.Tensor]:
+        if self.concat is None:
+            return None
+        if self.concat == "inpaint":
+            for k in ("mask", "masked_image"):
+                if k not in batch:
+                    raise InputError(f"inpainting needs batch[{k!r}] (keys: {', '.join(batch)})")
+            mask = batch["mask"].astype("float32")
+            m_lat = F.adaptive_avg_pool2d(mask, [h, w])
+            masked = self.scale.scale(self._latent_from_moments(self._moments(batch["masked_image"]), False))
+            return paddle.concat([m_lat, masked], axis=1)
+        if "lr" not in batch:
+            raise InputError(f"super-resolution needs batch['lr'], the low-resolution image (keys: {', '.join(batch)})")
+        lr = batch["lr"].astype("float32")
+        if list(lr.shape[2:]) != [h, w]:
+            lr = F.interpolate(lr, size=[h, w], mode="bilinear", align_corners=False)
+        return lr
+
+    # ------------------------------------------------------------------ engine contract
+    def forward(self, batch):
+        x = batch["image"]
+        z = self.encode(x, batch.get("index"), sample_posterior=True)
+        if self.training:
+            self.scale.fit(z)
+        z = self.scale.scale(z)
+        b, _, h, w = z.shape
+        drop = None
+        if self.conditioner is not None and self.training and self.cond_drop > 0:
+            drop = np.random.rand(b) < self.cond_drop
+        kw = self._cond(batch, b, drop)
+        cat = self._concat(batch, h, w)
+        if cat is not None:
+            kw["concat"] = cat
+        return self.diffusion.training_losses(self.unet, z, **kw)
+
+    def losses(self, batch, outputs):
+        return {"loss": outputs["loss"]}
+
+    @paddle.no_grad()
+    def generate(self, batch: dict = None, n: int = None, size: int = None, guidance_scale: float = None,
+                 steps: int = None, seed: int = 0, sampler: str = None, paste: bool = None,
+                 progress: bool = False) -> paddle.Tensor:
+        """Sample images (B, C, H, W) in [-1, 1].
+
+        ``batch`` holds the conditioning (``label`` / ``caption`` / ``boxes`` / ``mask`` +
+        ``image`` or ``masked_image`` / ``lr``); B is taken from it, or from ``n`` for
+        unconditional models. ``size``: image side (default: from ``batch``'s image, mask or lr,
+        else 32).
+        """
+        self._check_ready()
+        sc = dict(self.sampler_cfg)
+        g = float(sc["guidance_scale"] if guidance_scale is None else guidance_scale)
+        steps = int(sc["steps"] if steps is None else steps)
+        paste = bool(sc["paste"] if paste is None else paste)
+        batch = dict(batch or {})
+        if self.concat == "inpaint" and "masked_image" not in batch and "image" in batch and "mask" in batch:
+            batch["masked_image"] = batch["image"] * (1 - batch["mask"])
+        b = self._batch_size(batch, n)
+        if size is None:
+            size = self._image_size(batch)
+        if size % (self.f * self.unet.downsample_factor):
+            raise InputError(f"image size {size} must be divisible by {self.f * self.unet.downsample_factor} for this model")
+        h = w = size // self.f
+        cond = self._cond(batch, b)
+        cat = self._concat(batch, h, w)
+        if cat is not None:
+            cond["concat"] = cat
+        uncond = self._cond(batch, b, null=True) if (self.conditioner is not None and g != 1.0) else None
+        name = sampler or sc["name"]
+        sched = self.diffusion.scheduler(name)
+        kwargs = {"eta": float(sc["eta"])} if name == "ddim" else {}
+        was_training = self.training
+        self.eval()
+        z = sample(self.unet, sched, [b, self.latent_channels, h, w], cond=cond, uncond=uncond, guidance_scale=g,
+                   num_inference_steps=steps, seed=seed, progress=progress, **kwargs)
+        if was_training:
+            self.train()
+        x = self.decode(z)
+        if self.concat == "inpaint" and paste:
+            m = batch["mask"].astype(x.dtype)
+            known = batch["image"] if "image" in batch else batch["masked_image"]
+            x = m * x + (1 - m) * known.astype(x.dtype)
+        return x
+
+    def _batch_size(self, batch, n):
+        for k in ("label", "caption", "boxes", "mask", "lr", "image"):
+            if k in batch:
+                v = batch[k]
+                return len(v) if isinstance(v, (list, tuple)) else int(v.shape[0])
+        if n is None:
+            raise InputError("generate: give a batch with the conditioning, or n for an unconditional model")
+        return int(n)
+
+    def _image_size(self, batch):
+        for k in ("image", "masked_image", "mask"):
+            if k in batch:
+                return int(batch[k].shape[-1])
+        if "lr" in batch:
+            return int(batch["lr"].shape[-1]) * self.f if self.concat == "lowres" else int(batch["lr"].shape[-1])
+        return 32
+
+    def eval_step(self, batch):
+        """Samples conditioned like the batch (``outputs['samples']``, (B, C, H, W) in [-1, 1])."""
+        self._eval_calls += 1
+        cond_batch = {k: v for k, v in batch.items() if k != "image" or self.concat is not None}
+        size = int(batch["image"].shape[-1])
+        x = self.generate(cond_batch, size=size, seed=1000 + self._eval_calls)
+        return {"samples": x}
+
+    def visuals(self, batch, outputs):
+        from ..pipelines.images import grid
+
+        return {"samples": grid(outputs["samples"][:16], nrow=8, upscale=2)}
