@@ -28,7 +28,7 @@ import numpy as np
 
 from .io import save_npy, save_pickle, write_obj
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 NC, NR = 96, 48            # head grid: columns around, rows from crown to neck
 EYE_SEG, EYE_RINGS = 16, 12
 EYE_RADIUS = 0.0122
@@ -192,7 +192,7 @@ class _Head:
         vid = lambda i, j: 1 + i * NC + (j % NC)  # noqa: E731
         faces = []
         for j in range(NC):
-            faces.append([0, vid(0, j + 1), vid(0, j)])
+            faces.append([0, vid(0, j), vid(0, j + 1)])
         # the mouth slit: duplicate the inner vertices of the mouth row for the lower lip
         mrow = grid[self.mouth_row]
         slit_cols = [j for j in range(NC) if abs(mrow[j, 0]) < 0.0235 and np.cos(theta[j]) > 0.5]
@@ -222,7 +222,7 @@ class _Head:
         grid_uv = np.stack(np.meshgrid(ucol, 0.13 + 0.87 * vrow), -1).reshape(-1, 2)  # (NR*(NC+1), 2)
         uvs += grid_uv.tolist()
         tid = lambda i, j: NC + i * (NC + 1) + j  # noqa: E731
-        uv_faces = [[j, tid(0, j + 1), tid(0, j)] for j in range(NC)]
+        uv_faces = [[j, tid(0, j), tid(0, j + 1)] for j in range(NC)]
         for i in range(NR - 1):
             for j in range(NC):
                 a, b, c, e = tid(i, j), tid(i, j + 1), tid(i + 1, j + 1), tid(i + 1, j)
@@ -271,10 +271,40 @@ class _Head:
         for ev in eye_v:
             self.eye_ranges.append(np.arange(start, start + len(ev)))
             start += len(ev)
-        self.v = np.concatenate([head_v] + eye_v, 0)
-        self.f = np.concatenate([np.asarray(faces)] + eye_f, 0).astype(np.int64)
-        self.vt = np.concatenate([np.asarray(uvs)] + eye_uv, 0)
-        self.ft = np.concatenate([np.asarray(uv_faces)] + eye_ft, 0).astype(np.int64)
+        # mouth cavity: a flattened closed bag behind the lips, upper half on the head, lower on the jaw
+        z_lip = float(mrow[NC // 2, 2])
+        bc = np.array([0.0, self.y_mouth, z_lip - 0.019])
+        self.bag_center = bc
+        nseg, nring = 14, 8
+        el = np.linspace(0, np.pi, nring + 1)[1:-1]
+        az = 2 * np.pi * np.arange(nseg) / nseg
+        E_, A_ = np.meshgrid(el, az, indexing="ij")
+        sv = np.stack([np.sin(E_) * np.cos(A_), np.sin(E_) * np.sin(A_), np.cos(E_)], -1).reshape(-1, 3)
+        unit = np.concatenate([[[0, 0, 1.0]], sv, [[0, 0, -1.0]]])
+        bv = unit * np.array([0.021, 0.0095, 0.013]) + bc
+        bid = lambda i, j: 1 + i * nseg + (j % nseg)  # noqa: E731
+        nr = len(el)
+        bf = [[0, bid(0, j), bid(0, j + 1)] for j in range(nseg)]
+        for i in range(nr - 1):
+            for j in range(nseg):
+                a, b, cc, e = bid(i, j), bid(i, j + 1), bid(i + 1, j + 1), bid(i + 1, j)
+                bf += [[a, e, cc], [a, cc, b]]
+        bf += [[1 + nr * nseg, bid(nr - 1, j + 1), bid(nr - 1, j)] for j in range(nseg)]
+        bf = np.asarray(bf)
+        boff = start
+        toff = len(uvs) + sum(len(t) for t in eye_uv)
+        rr = np.arccos(np.clip(unit[:, 2], -1, 1)) / np.pi
+        ang = np.arctan2(unit[:, 1], unit[:, 0])
+        buv = np.stack([0.9 + 0.045 * rr * np.cos(ang), 0.065 + 0.06 * rr * np.sin(ang)], -1)
+        self.bag_range = np.arange(boff, boff + len(bv))
+        self.v = np.concatenate([head_v] + eye_v + [bv], 0)
+        self.f = np.concatenate([np.asarray(faces)] + eye_f + [bf + boff], 0).astype(np.int64)
+        self.vt = np.concatenate([np.asarray(uvs)] + eye_uv + [buv], 0)
+        self.ft = np.concatenate([np.asarray(uv_faces)] + eye_ft + [bf + toff], 0).astype(np.int64)
+        self.part_labels = np.zeros(len(self.v), np.int64)
+        for k, r in enumerate(self.eye_ranges):
+            self.part_labels[r] = 1 + k
+        self.part_labels[self.bag_range] = 3
         # the duplicated slit vertices share the uv of their originals: ft already points to grid uv
         self.grid = grid
         self.theta = theta
@@ -304,6 +334,11 @@ def _skinning(h: _Head):
     for k, rng in enumerate(h.eye_ranges):
         W[rng] = 0.0
         W[rng, 3 + k] = 1.0
+    bag = h.bag_range
+    wb = _smoothstep(h.bag_center[1] + 0.003, h.bag_center[1] - 0.003, y[bag])
+    W[bag] = 0.0
+    W[bag, 2] = wb
+    W[bag, 1] = 1.0 - wb
     return W
 
 
@@ -335,7 +370,7 @@ def _rbf_fields(p, centers, width, coef):
     d2 = ((p[:, None, :] - centers[None]) ** 2).sum(-1)
     ker = np.exp(-0.5 * d2 / width ** 2)
     basis = np.concatenate([ker, p, np.ones((len(p), 1))], 1)  # (N, M+4)
-    return np.einsum("nm,mck->nck", basis, coef)
+    return (basis @ coef.reshape(coef.shape[0], -1)).reshape(len(p), *coef.shape[1:])
 
 
 def _shape_dirs(h: _Head, rng):
@@ -344,16 +379,16 @@ def _shape_dirs(h: _Head, rng):
     head = np.arange(h.num_head)
     mirror = np.array([-1.0, 1.0, 1.0])
     # centres spread over the head surface
-    cidx = rng.choice(head, 64, replace=False)
+    cidx = rng.choice(head, 160, replace=False)
     centers = v[cidx]
     centers = np.concatenate([centers, centers * mirror])
     K = 300
     coef = rng.standard_normal((len(centers) + 4, 3, K))
     coef[len(centers):len(centers) + 3] *= 0.8 / 0.1  # affine part comparable to the kernels
     # points to evaluate: head vertices, eyeball centres (eyes move rigidly)
-    pts = np.concatenate([v[:h.num_head], np.asarray(h.eye_centers)])
-    f = _rbf_fields(pts, centers, 0.045, coef)
-    fm = _rbf_fields(pts * mirror, centers, 0.045, coef) * mirror[None, :, None]
+    pts = np.concatenate([v[:h.num_head], np.asarray(h.eye_centers), h.bag_center[None]])
+    f = _rbf_fields(pts, centers, 0.07, coef)
+    fm = _rbf_fields(pts * mirror, centers, 0.07, coef) * mirror[None, :, None]
     sym = np.arange(K) < 220
     f = np.where(sym[None, None], 0.5 * (f + fm), f)
     # semantic leading directions: size, width, face length, jaw width, nose size
@@ -368,13 +403,13 @@ def _shape_dirs(h: _Head, rng):
     f = np.concatenate([sem, f[:, :, :K - 5]], 2)
     full = np.zeros((V, 3, K))
     full[:h.num_head] = f[:h.num_head]
-    for k, r in enumerate(h.eye_ranges):
+    for k, r in enumerate(h.eye_ranges + [h.bag_range]):
         full[r] = f[h.num_head + k][None]
     Q, _ = np.linalg.qr(full.reshape(V * 3, K))
     Q *= np.sign(np.sum(Q * full.reshape(V * 3, K), 0, keepdims=True) + 1e-30)
     Q = Q.reshape(V, 3, K)
     rms = np.sqrt((Q[:h.num_head] ** 2).sum(1).mean(0))
-    scale = 0.0045 * (np.arange(K) + 1.0) ** -0.75 / rms
+    scale = 0.004 * (np.arange(K) + 1.0) ** -0.9 / rms
     return Q * scale
 
 
@@ -421,7 +456,7 @@ def _expr_dirs(h: _Head, W, rng):
             fld += vec(lower * mouth, *(rng.standard_normal(3) * 0.002))
         dirs.append(fld * 0.9 ** (k / 12))
     E = np.stack(dirs, -1)
-    for r in h.eye_ranges:
+    for r in h.eye_ranges + [h.bag_range]:
         E[r] = 0.0
     return E
 
@@ -580,6 +615,7 @@ def build_generated_model():
         "bs_type": "lrotmin",
         "vt": h.vt.astype(np.float64),
         "ft": h.ft.astype(np.uint32),
+        "part_labels": h.part_labels,  # 0 skin, 1 left eyeball, 2 right eyeball, 3 mouth cavity
         "generator": f"ppface3d.flame.generate v{GENERATOR_VERSION} (not FLAME; a FLAME-format stand-in)",
     }
     # landmarks

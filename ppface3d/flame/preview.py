@@ -57,9 +57,14 @@ def render_mesh(vertices, faces, size=256, yaw_deg=0.0, pitch_deg=0.0, colors=No
 
 def face_colors(flame):
     """Per-face colours: skin for the head, white/iris for eyeballs, darker lips."""
+    from .safe_pickle import load_pickle
+
     f = flame.faces
     v = flame.v_template.numpy()
     col = np.tile([0.80, 0.68, 0.60], (len(f), 1))
+    labels = load_pickle(flame.model_path).get("part_labels") if flame.model_path.endswith(".pkl") else None
+    if labels is not None and len(labels) == len(v):
+        col[(np.asarray(labels)[f] == 3).all(1)] = [0.35, 0.08, 0.08]
     w = flame.lbs_weights.numpy()
     eye = (w[f][:, :, 3:].sum(-1) > 0.5).all(1)
     c = v[f].mean(1)
