@@ -18,6 +18,7 @@ imported or called.
 """
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import os
 import pickle
@@ -118,7 +119,7 @@ def _safe_reconstructor(cls, base, state):
     """copyreg._reconstructor, allowed only to build our stand-ins (protocol 0/1 pickles)."""
     if isinstance(cls, type) and issubclass(cls, _Stub):
         return cls()
-    raise pickle.UnpicklingError(f"copyreg._reconstructor for {cls!r} is not allowed")
+    raise UnsafePickleError(f"refused to load: copyreg._reconstructor may only rebuild array types, not {cls!r}")
 
 
 def _safe_codecs_encode(obj, encoding="utf-8", errors="strict"):
@@ -171,6 +172,11 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._numpy = _numpy_globals()
 
     def find_class(self, module: str, name: str) -> Any:
+        # Python 2 names (copy_reg, __builtin__, ...), as pickle's own fix_imports does
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         key = (module, name)
         if key in self._numpy:
             return self._numpy[key]
@@ -305,8 +311,10 @@ def loads(data: bytes, source: str = "<bytes>"):
     """Unpickle ``data`` with :class:`RestrictedUnpickler`, mapping stand-ins to arrays."""
     try:
         obj = RestrictedUnpickler(io.BytesIO(data), source).load()
-    except UnsafePickleError:
-        raise
+    except UnsafePickleError as e:
+        if str(e).startswith(source):
+            raise
+        raise UnsafePickleError(f"{source}: {e}") from None
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001
