@@ -8,10 +8,16 @@ import paddle.nn.functional as F
 
 from ppengine.errors import InputError
 
-from .raster import Fragments
+from . import _build
+from .raster import Fragments, _num_threads, _resolve
 
 
-def interpolate(fragments: Fragments, attributes: paddle.Tensor, faces: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+def interpolate(
+    fragments: Fragments,
+    attributes: paddle.Tensor,
+    faces: Optional[paddle.Tensor] = None,
+    backend: str = "auto",
+) -> paddle.Tensor:
     """Barycentric interpolation of mesh attributes at every pixel.
 
     Args:
@@ -20,6 +26,8 @@ def interpolate(fragments: Fragments, attributes: paddle.Tensor, faces: Optional
             per-face-corner values (B, F, 3, C) / (F, 3, C) with ``faces=None`` (e.g. UV
             coordinates that are split along seams).
         faces: (F, 3) int vertex indices, for per-vertex attributes.
+        backend: ``"cpp"`` (compiled operator with analytic backward, CPU tensors),
+            ``"paddle"`` or ``"auto"`` (as :func:`rasterize`).
 
     Returns:
         (B, H, W, C); zero on background pixels. Differentiable w.r.t. ``attributes`` and,
@@ -27,6 +35,8 @@ def interpolate(fragments: Fragments, attributes: paddle.Tensor, faces: Optional
     """
     p2f = fragments.pix_to_face
     B, H, W = p2f.shape
+    if _resolve(backend) == "cpp" and attributes.place.is_cpu_place():
+        return _interpolate_cpp(fragments, attributes, faces)
     f = paddle.clip(p2f.astype("int64"), min=0).reshape([B, H * W])
     if faces is not None:
         if attributes.ndim != 3:
@@ -56,6 +66,32 @@ def interpolate(fragments: Fragments, attributes: paddle.Tensor, faces: Optional
     vals = vals.reshape([B, H, W, 3, C])
     out = (fragments.bary_coords.unsqueeze(-1) * vals).sum(axis=3)
     return out * fragments.mask.unsqueeze(-1)
+
+
+def _interpolate_cpp(fragments, attributes, faces):
+    B = fragments.pix_to_face.shape[0]
+    if faces is None:  # face-corner values: treat every corner as its own vertex
+        if attributes.ndim == 3:
+            attributes = attributes.unsqueeze(0)
+        if attributes.ndim != 4 or attributes.shape[2] != 3:
+            raise InputError(
+                f"interpolate: face-corner attributes must be (B, F, 3, C) or (F, 3, C), got {list(attributes.shape)}"
+            )
+        Fn, C = attributes.shape[1], attributes.shape[3]
+        attributes = attributes.reshape([attributes.shape[0], Fn * 3, C])
+        faces = paddle.arange(Fn * 3, dtype="int32").reshape([Fn, 3])
+    elif attributes.ndim != 3:
+        raise InputError(f"interpolate: per-vertex attributes must be (B, V, C), got {list(attributes.shape)}")
+    if attributes.shape[0] != B:
+        if attributes.shape[0] != 1:
+            raise InputError(f"interpolate: attributes have batch {attributes.shape[0]}, fragments have {B}")
+        attributes = attributes.expand([B] + list(attributes.shape[1:]))
+    if attributes.dtype != paddle.float32:
+        attributes = attributes.astype("float32")
+    op = _build.load_op()
+    return op.ppf3d_interpolate(
+        attributes, faces.astype("int32"), fragments.pix_to_face, fragments.bary_coords, _num_threads()
+    )
 
 
 def sample_texture(texture: paddle.Tensor, uv: paddle.Tensor, mode: str = "bilinear") -> paddle.Tensor:

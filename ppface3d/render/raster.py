@@ -173,6 +173,9 @@ def rasterize(
         pix_to_face, bary, zbuf = op.ppf3d_rasterize(
             vertices, faces32, H, W, bool(perspective_correct), bool(cull_backfaces), _num_threads()
         )
+        # The face index carries no gradient; leaving it attached makes Paddle's engine wait for
+        # one when another custom op (interpolate) consumes it, and the vertex gradient is lost.
+        pix_to_face = pix_to_face.detach()
     else:
         pix_to_face = _raster_paddle(vertices, faces32, H, W, perspective_correct, cull_backfaces)
         bary, zbuf = barycentrics_from_faces(vertices, faces32, pix_to_face, perspective_correct)

@@ -166,20 +166,21 @@ class Renderer(paddle.nn.Layer):
         frags, screen = self.rasterizer(vertices, self.faces, camera)
         B, H, W = frags.pix_to_face.shape
         normals = vertex_normals(vertices, self.faces)
-        n_img = interpolate(frags, normals, self.faces)
+        be = self.rasterizer.backend
+        n_img = interpolate(frags, normals, self.faces, be)
         n_img = n_img / paddle.sqrt((n_img * n_img).sum(-1, keepdim=True) + 1e-12)
         normal_images = n_img.transpose([0, 3, 1, 2])
         out: Dict[str, paddle.Tensor] = {}
         if albedos is not None:
             if self.face_uvcoords is None:
                 raise InputError("Renderer: a UV albedo texture needs uvcoords (and uvfaces) at construction")
-            uv = interpolate(frags, self.face_uvcoords, None)
+            uv = interpolate(frags, self.face_uvcoords, None, be)
             albedo_images = sample_texture(albedos, uv)
             out["uv_images"] = uv
         else:
             if vertex_colors is None:
                 vertex_colors = paddle.full([B, vertices.shape[1], 3], 0.7, dtype=vertices.dtype)
-            albedo_images = interpolate(frags, vertex_colors, self.faces).transpose([0, 3, 1, 2])
+            albedo_images = interpolate(frags, vertex_colors, self.faces, be).transpose([0, 3, 1, 2])
         mask = frags.mask.unsqueeze(1)
         albedo_images = albedo_images * mask
         shaded = self.shader(frags, albedo_images, normal_images, lights, background, soft)

@@ -55,4 +55,6 @@ def sh_shading(normals: paddle.Tensor, sh_coeffs: paddle.Tensor) -> paddle.Tenso
     if sh_coeffs.ndim != 3 or tuple(sh_coeffs.shape[1:]) != (9, 3):
         raise InputError(f"sh_shading: lights must be (B, 9, 3) or (B, 27), got {list(sh_coeffs.shape)}")
     basis = sh_basis(normals)  # (B, 9, H, W)
-    return paddle.einsum("bkhw,bkc->bchw", basis, sh_coeffs.astype(basis.dtype))
+    B, _, H, W = basis.shape
+    out = paddle.matmul(sh_coeffs.astype(basis.dtype), basis.reshape([B, 9, H * W]), transpose_x=True)
+    return out.reshape([B, 3, H, W])

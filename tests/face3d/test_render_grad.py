@@ -10,7 +10,7 @@ import paddle
 import pytest
 import trimesh
 
-from ppface3d.render import OrthographicCamera, Renderer, rasterize, soft_silhouette
+from ppface3d.render import OrthographicCamera, Renderer, interpolate, rasterize, soft_silhouette
 
 
 def mesh(subdivisions=3):
@@ -37,6 +37,26 @@ def test_cpp_backward_equals_paddle_autodiff(perspective):
     scale = np.abs(grads[1]).max()
     assert scale > 1.0
     np.testing.assert_allclose(grads[0], grads[1], atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("corners", [False, True])
+def test_cpp_interpolate_backward_equals_paddle_autodiff(corners):
+    v, f = mesh(3)
+    sv = np.stack([0.8 * v[:, 0], -0.8 * v[:, 1], -0.8 * v[:, 2]], 1).astype(np.float32)
+    rng = np.random.default_rng(5)
+    attr = rng.normal(size=(2, len(f), 3, 4) if corners else (2, len(v), 4)).astype(np.float32)
+    w = paddle.to_tensor(rng.normal(size=(2, 24, 24, 4)).astype(np.float32))
+    res = []
+    for be in ("cpp", "paddle"):
+        V = paddle.to_tensor(np.stack([sv, sv * 0.9]), stop_gradient=False)
+        A = paddle.to_tensor(attr, stop_gradient=False)
+        fr = rasterize(V, f, 24, backend=be)
+        out = interpolate(fr, A, None if corners else paddle.to_tensor(f), be)
+        (out * w).sum().backward()
+        res.append((out.numpy(), V.grad.numpy(), A.grad.numpy()))
+    for a, b in zip(*res):
+        np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, np.abs(b).max()))
+    assert np.abs(res[1][1]).max() > 0.1 and np.abs(res[1][2]).max() > 0.1
 
 
 def _render(renderer, V, cam, colors, lights):

@@ -27,24 +27,25 @@ def sphere(sub=3):
     return np.array(m.vertices, np.float32), np.array(m.faces, np.int64)
 
 
-def test_interpolating_screen_positions_gives_pixel_centres():
+@pytest.mark.parametrize("backend", ["cpp", "paddle"])
+def test_interpolating_screen_positions_gives_pixel_centres(backend):
     v, f = sphere(3)
     sv = np.stack([0.8 * v[:, 0] + 0.1, -0.8 * v[:, 1], -0.8 * v[:, 2]], 1).astype(np.float32)
     H, W = 30, 44
     V = paddle.to_tensor(sv[None])
     fr = rasterize(V, f, (H, W))
     m = fr.mask.numpy()[0] > 0
-    pos = interpolate(fr, V, paddle.to_tensor(f)).numpy()[0]
+    pos = interpolate(fr, V, paddle.to_tensor(f), backend).numpy()[0]
     jj, ii = np.meshgrid(np.arange(W), np.arange(H))
     np.testing.assert_allclose(pos[..., 0][m], ((2 * jj + 1) / W - 1)[m], atol=1e-5)
     np.testing.assert_allclose(pos[..., 1][m], ((2 * ii + 1) / H - 1)[m], atol=1e-5)
     np.testing.assert_allclose(pos[..., 2][m], fr.zbuf.numpy()[0][m], atol=1e-6)
     assert np.all(pos[~m] == 0)
     # per-face-corner attributes give the same result
-    fpos = interpolate(fr, face_vertices(V, paddle.to_tensor(f))[0], None).numpy()[0]
+    fpos = interpolate(fr, face_vertices(V, paddle.to_tensor(f))[0], None, backend).numpy()[0]
     np.testing.assert_allclose(fpos, pos, atol=1e-6)
     with pytest.raises(InputError):
-        interpolate(fr, paddle.zeros([2, len(v), 3]), paddle.to_tensor(f))
+        interpolate(fr, paddle.zeros([2, len(v), 3]), paddle.to_tensor(f), backend)
 
 
 def test_sample_texture_matches_scipy_bilinear():

@@ -193,10 +193,13 @@ std::vector<paddle::Tensor> RasterizeForward(const paddle::Tensor& verts,
 std::vector<paddle::Tensor> RasterizeBackward(const paddle::Tensor& verts,
                                               const paddle::Tensor& faces,
                                               const paddle::Tensor& face_idx,
-                                              const paddle::Tensor& grad_bary,
-                                              const paddle::Tensor& grad_zbuf, int height,
+                                              const paddle::optional<paddle::Tensor>& opt_grad_bary,
+                                              const paddle::optional<paddle::Tensor>& opt_grad_zbuf, int height,
                                               int width, bool perspective_correct,
                                               bool cull_backfaces, int num_threads) {
+  // A missing output gradient (that output was not used) is an empty tensor.
+  paddle::Tensor grad_bary = opt_grad_bary ? *opt_grad_bary : paddle::Tensor();
+  paddle::Tensor grad_zbuf = opt_grad_zbuf ? *opt_grad_zbuf : paddle::Tensor();
 #ifdef PPF3D_WITH_CUDA
   if (verts.is_gpu()) {
     return RasterizeBackwardCUDA(verts, faces, face_idx, grad_bary, grad_zbuf, height, width,
@@ -308,6 +311,120 @@ std::vector<paddle::Tensor> RasterizeBackward(const paddle::Tensor& verts,
   return {grad_verts};
 }
 
+// ---------------------------------------------------------------------------------------------
+// Attribute interpolation (nvdiffrast's "interpolate"): out[p] = sum_k bary[p, k] * attr[face[p, k]]
+//   attrs (B, V, C) float32, faces (F, 3) int32, face_idx (B, H, W) int32, bary (B, H, W, 3)
+//   -> out (B, H, W, C), zero where face_idx < 0.
+// ---------------------------------------------------------------------------------------------
+std::vector<paddle::Tensor> InterpolateForward(const paddle::Tensor& attrs, const paddle::Tensor& faces,
+                                               const paddle::Tensor& face_idx,
+                                               const paddle::Tensor& bary, int num_threads) {
+  PD_CHECK(attrs.is_cpu(), "ppf3d_interpolate: CPU kernel only; move tensors to CPU");
+  const int64_t B = attrs.shape()[0], V = attrs.shape()[1], C = attrs.shape()[2];
+  const int64_t H = face_idx.shape()[1], W = face_idx.shape()[2];
+  auto out = paddle::full({B, H, W, C}, 0.f, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* a = attrs.data<float>();
+  const int* fp = faces.data<int>();
+  const int* idx = face_idx.data<int>();
+  const float* bp = bary.data<float>();
+  float* o = out.data<float>();
+  const int64_t rows = B * H;
+  parallel_for(rows, num_threads, [&](int64_t r, int) {
+    const int64_t b = r / H;
+    const float* ab = a + b * V * C;
+    for (int64_t j = 0; j < W; ++j) {
+      const int64_t p = r * W + j;
+      const int f = idx[p];
+      if (f < 0) continue;
+      const float* v0 = ab + static_cast<int64_t>(fp[f * 3 + 0]) * C;
+      const float* v1 = ab + static_cast<int64_t>(fp[f * 3 + 1]) * C;
+      const float* v2 = ab + static_cast<int64_t>(fp[f * 3 + 2]) * C;
+      const float w0 = bp[p * 3 + 0], w1 = bp[p * 3 + 1], w2 = bp[p * 3 + 2];
+      float* op = o + p * C;
+      for (int64_t c = 0; c < C; ++c) op[c] = w0 * v0[c] + w1 * v1[c] + w2 * v2[c];
+    }
+  });
+  return {out};
+}
+
+std::vector<paddle::Tensor> InterpolateBackward(const paddle::Tensor& attrs, const paddle::Tensor& faces,
+                                                const paddle::Tensor& face_idx,
+                                                const paddle::Tensor& bary,
+                                                const paddle::Tensor& grad_out, int num_threads) {
+  const int64_t B = attrs.shape()[0], V = attrs.shape()[1], C = attrs.shape()[2];
+  const int64_t H = face_idx.shape()[1], W = face_idx.shape()[2];
+  auto grad_attrs = paddle::full({B, V, C}, 0.f, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto grad_bary = paddle::full({B, H, W, 3}, 0.f, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* a = attrs.data<float>();
+  const int* fp = faces.data<int>();
+  const int* idx = face_idx.data<int>();
+  const float* bp = bary.data<float>();
+  const float* g = grad_out.data<float>();
+  float* gb = grad_bary.data<float>();
+  float* ga = grad_attrs.data<float>();
+  const int nt = std::max(1, num_threads);
+  std::vector<std::vector<float>> partial(nt);
+  const int64_t rows = B * H;
+  parallel_for(rows, nt, [&](int64_t r, int t) {
+    std::vector<float>& acc = partial[t];
+    if (acc.empty()) acc.assign(static_cast<size_t>(B * V * C), 0.f);
+    const int64_t b = r / H;
+    const float* ab = a + b * V * C;
+    float* accb = acc.data() + b * V * C;
+    for (int64_t j = 0; j < W; ++j) {
+      const int64_t p = r * W + j;
+      const int f = idx[p];
+      if (f < 0) continue;
+      const float* gp = g + p * C;
+      for (int k = 0; k < 3; ++k) {
+        const int64_t vid = fp[f * 3 + k];
+        const float* vk = ab + vid * C;
+        float* dk = accb + vid * C;
+        const float w = bp[p * 3 + k];
+        float dot = 0.f;
+        for (int64_t c = 0; c < C; ++c) {
+          dot += vk[c] * gp[c];
+          dk[c] += w * gp[c];
+        }
+        gb[p * 3 + k] = dot;
+      }
+    }
+  });
+  const int64_t n = B * V * C;
+  for (auto& acc : partial) {
+    if (acc.empty()) continue;
+    for (int64_t k = 0; k < n; ++k) ga[k] += acc[k];
+  }
+  return {grad_attrs, grad_bary};
+}
+
+std::vector<std::vector<int64_t>> InterpolateInferShape(const std::vector<int64_t>& attrs_shape,
+                                                        const std::vector<int64_t>&,
+                                                        const std::vector<int64_t>& idx_shape,
+                                                        const std::vector<int64_t>&, int) {
+  return {{idx_shape[0], idx_shape[1], idx_shape[2], attrs_shape[2]}};
+}
+
+std::vector<paddle::DataType> InterpolateInferDtype(const paddle::DataType& attrs_dtype,
+                                                    const paddle::DataType&, const paddle::DataType&,
+                                                    const paddle::DataType&) {
+  return {attrs_dtype};
+}
+
+PD_BUILD_OP(ppf3d_interpolate)
+    .Inputs({"Attrs", "Faces", "FaceIdx", "Bary"})
+    .Outputs({"Out"})
+    .Attrs({"num_threads: int"})
+    .SetKernelFn(PD_KERNEL(InterpolateForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(InterpolateInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(InterpolateInferDtype));
+
+PD_BUILD_GRAD_OP(ppf3d_interpolate)
+    .Inputs({"Attrs", "Faces", "FaceIdx", "Bary", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("Attrs"), paddle::Grad("Bary")})
+    .Attrs({"num_threads: int"})
+    .SetKernelFn(PD_KERNEL(InterpolateBackward));
+
 std::vector<std::vector<int64_t>> RasterizeInferShape(const std::vector<int64_t>& verts_shape,
                                                       const std::vector<int64_t>& faces_shape,
                                                       int height, int width, bool, bool, int) {
@@ -330,7 +447,8 @@ PD_BUILD_OP(ppf3d_rasterize)
     .SetInferDtypeFn(PD_INFER_DTYPE(RasterizeInferDtype));
 
 PD_BUILD_GRAD_OP(ppf3d_rasterize)
-    .Inputs({"Verts", "Faces", "FaceIdx", paddle::Grad("Bary"), paddle::Grad("Zbuf")})
+    .Inputs({"Verts", "Faces", "FaceIdx", paddle::Optional(paddle::Grad("Bary")),
+             paddle::Optional(paddle::Grad("Zbuf"))})
     .Outputs({paddle::Grad("Verts")})
     .Attrs({"height: int", "width: int", "perspective_correct: bool", "cull_backfaces: bool",
             "num_threads: int"})
