@@ -1,0 +1,174 @@
+"""Stable Diffusion 2.x as a ppldm model: ppldm UNet + AutoencoderKL + a CLIP text encoder.
+
+    sd = StableDiffusion(folder="stable-diffusion-2-1")           # a diffusers pipeline folder
+    images = sd.generate("a photo of an astronaut", steps=30, sampler="dpm_solver++", seed=0)
+
+The UNet and VAE are ppldm models loaded with :func:`load_unet` / :func:`load_autoencoder`;
+the text encoder is ppdiffusers' ``CLIPTextModel`` (a paddlenlp ``PretrainedModel`` with
+transformers' names, which reads the diffusers ``text_encoder/`` folder, PyTorch safetensors
+included) with paddlenlp's ``CLIPTokenizer``. Without ``folder`` the architecture is built from
+the config with random weights (for tests and shape checks) and prompts must be given as
+embeddings (``context``).
+
+Configs: ``configs/ldm/sd21.yml`` (768x768, v-prediction) and ``configs/ldm/sd21_base.yml``
+(512x512, eps-prediction).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+from ppengine.errors import InputError
+from ppengine.registry import MODELS
+
+from ..diffusion import GaussianDiffusion, drop_condition, sample
+from ..models import AutoencoderKL, UNet
+from .diffusers import load_autoencoder, load_unet
+
+
+def _load_text_encoder(folder: str):
+    te, tok = os.path.join(folder, "text_encoder"), os.path.join(folder, "tokenizer")
+    if not os.path.isdir(te) or not os.path.isdir(tok):
+        return None, None
+    from paddlenlp.transformers import CLIPTokenizer
+    from ppdiffusers.transformers import CLIPTextModel
+
+    # diffusers' text_encoder/model.safetensors is PyTorch layout (metadata format "pt"); ppdiffusers
+    # writes Paddle layout under the same name; let paddlenlp decide for anything else.
+    from_torch = None
+    st = os.path.join(te, "model.safetensors")
+    if os.path.isfile(st):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(st, framework="np") as f:
+                from_torch = True if (f.metadata() or {}).get("format") == "pt" else None
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"{st}: cannot be read as safetensors ({e}); the file may be truncated") from e
+    try:
+        encoder = CLIPTextModel.from_pretrained(te, from_diffusers=from_torch)
+        tokenizer = CLIPTokenizer.from_pretrained(tok)
+    except Exception as e:  # noqa: BLE001 - report which folder failed and why
+        raise InputError(f"{te}: could not load the CLIP text encoder / tokenizer ({type(e).__name__}: {e})") from e
+    encoder.eval()
+    return encoder, tokenizer
+
+
+@MODELS.register()
+class StableDiffusion(nn.Layer):
+    """Text-to-image latent diffusion in Stable Diffusion 2.x's layout.
+
+    Args:
+        folder: a diffusers / ppdiffusers pipeline folder (``unet/``, ``vae/``, ``text_encoder/``,
+            ``tokenizer/``). Its ``config.json`` files define the networks; ``unet``/``vae`` below
+            are then ignored. None: build ``unet``/``vae`` from the arguments, random weights.
+        unet: :class:`ppldm.models.UNet` keyword arguments.
+        vae: :class:`ppldm.models.AutoencoderKL` keyword arguments.
+        diffusion: :class:`ppldm.diffusion.GaussianDiffusion` keyword arguments (schedule,
+            ``prediction_type``: ``v`` for SD 2.1 768, ``eps`` for SD 2.1-base).
+        attention_type: ``standard`` or ``split_einsum``.
+        cond_drop_prob: probability of training with the empty prompt (classifier-free guidance).
+        max_length: tokens per prompt (77).
+        train_text_encoder: when False (default) the text encoder and VAE are frozen.
+
+    ``forward(batch)`` (fine-tuning the UNet): ``batch["image"]`` (B, 3, H, W) in [-1, 1] and
+    ``batch["caption"]`` (B strings) or ``batch["context"]`` (B, 77, D) -> the diffusion loss.
+    """
+
+    def __init__(self, folder: Optional[str] = None, unet: Optional[Dict] = None, vae: Optional[Dict] = None,
+                 diffusion: Optional[Dict] = None, attention_type: str = "standard", cond_drop_prob: float = 0.1,
+                 max_length: int = 77, train_text_encoder: bool = False):
+        super().__init__()
+        if folder is not None:
+            if not os.path.isdir(folder):
+                raise InputError(f"StableDiffusion: folder {folder!r} does not exist. Give the path of a "
+                                 "diffusers pipeline folder (unet/, vae/, text_encoder/, tokenizer/).")
+            self.unet = load_unet(folder, attention_type=attention_type)
+            self.vae = load_autoencoder(folder)
+            self.text_encoder, self.tokenizer = _load_text_encoder(folder)
+        else:
+            self.unet = UNet(**dict(unet or {}), attention_type=attention_type)
+            self.vae = AutoencoderKL(**dict(vae or {}))
+            self.text_encoder, self.tokenizer = None, None
+        self.diffusion = GaussianDiffusion(**dict(diffusion or {}))
+        self.cond_drop_prob = cond_drop_prob
+        self.max_length = max_length
+        for p in self.vae.parameters():
+            p.stop_gradient = True
+        if self.text_encoder is not None and not train_text_encoder:
+            for p in self.text_encoder.parameters():
+                p.stop_gradient = True
+
+    # ------------------------------------------------------------------ text
+    def encode_prompt(self, prompts: Union[str, Sequence[str]]) -> paddle.Tensor:
+        """Prompts -> (B, max_length, D) last hidden states of the CLIP text encoder."""
+        if self.text_encoder is None:
+            raise InputError("StableDiffusion: no text encoder loaded (give `folder` with text_encoder/ and "
+                             "tokenizer/), or pass prompt embeddings as `context`")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_length, truncation=True,
+                             return_tensors="pd").input_ids
+        return self.text_encoder(ids)[0]
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch: Dict) -> Dict:
+        image = batch["image"]
+        with paddle.no_grad():
+            z = self.vae.encode(image).sample() * self.vae.scaling_factor
+        if "context" in batch:
+            ctx = batch["context"]
+        else:
+            ctx = self.encode_prompt(list(batch["caption"]))
+        if self.training and self.cond_drop_prob > 0:
+            null = self.encode_prompt([""]) if self.text_encoder is not None else paddle.zeros_like(ctx[:1])
+            ctx = drop_condition(ctx, null[0], self.cond_drop_prob)
+        return self.diffusion.training_losses(self.unet, z, context=ctx)
+
+    def losses(self, batch: Dict, outputs: Dict) -> Dict:
+        return {"loss": outputs["loss"]}
+
+    # ------------------------------------------------------------------ sampling
+    @paddle.no_grad()
+    def generate(self, prompt: Union[str, List[str], None] = None, negative_prompt: Union[str, List[str]] = "",
+                 context: Optional[paddle.Tensor] = None, uncond_context: Optional[paddle.Tensor] = None,
+                 height: int = 768, width: int = 768, steps: int = 50, guidance_scale: float = 7.5,
+                 sampler: str = "ddim", seed: Optional[int] = None, latents: Optional[paddle.Tensor] = None,
+                 progress: bool = True, output: str = "uint8", **sampler_kwargs) -> np.ndarray:
+        """Sample images.
+
+        Args:
+            prompt / negative_prompt: text (needs the text encoder), or ``context`` /
+                ``uncond_context`` embeddings (B, M, D) directly.
+            height, width: image size; height / 8 and width / 8 must be divisible by the UNet's
+                downsampling (8 for SD), i.e. multiples of 64.
+            steps, guidance_scale, sampler (ddim, plms, dpm_solver++, ddpm, ...), seed.
+            latents: initial noise (B, 4, height/8, width/8) instead of drawing it from ``seed``.
+            output: ``uint8`` -> (B, H, W, 3) uint8; ``float`` -> (B, H, W, 3) float32 in [0, 1].
+        """
+        if context is None:
+            if prompt is None:
+                raise InputError("generate: give a prompt or a context")
+            context = self.encode_prompt(prompt)
+        b = context.shape[0]
+        if guidance_scale != 1.0 and uncond_context is None:
+            neg = [negative_prompt] * b if isinstance(negative_prompt, str) else list(negative_prompt)
+            uncond_context = self.encode_prompt(neg) if self.text_encoder is not None else paddle.zeros_like(context)
+        f = self.vae.downsample_factor
+        if height % f or width % f:
+            raise InputError(f"generate: height and width must be multiples of {f}, got {height}x{width}")
+        shape = [b, self.unet.in_channels, height // f, width // f]
+        steps_offset = {"steps_offset": 1} if sampler in ("ddim", "pndm", "plms", "ddpm") else {}
+        steps_offset.update(sampler_kwargs)
+        sched = self.diffusion.scheduler(sampler, **steps_offset)
+        z = sample(self.unet, sched, shape, cond={"context": context},
+                   uncond={"context": uncond_context} if uncond_context is not None else None,
+                   guidance_scale=guidance_scale, num_inference_steps=steps, seed=seed, latents=latents,
+                   progress=progress)
+        img = (self.vae.decode(z / self.vae.scaling_factor) / 2 + 0.5).clip(0, 1)
+        img = img.transpose([0, 2, 3, 1]).numpy()
+        return img if output == "float" else (img * 255).round().astype("uint8")
