@@ -70,8 +70,11 @@ class SHShader(paddle.nn.Layer):
         else:
             shading = paddle.ones_like(albedo_images)
             images = albedo_images
-        bg = paddle.zeros_like(images) if background is None else background
-        images = images * alpha + bg * (1.0 - alpha)
+        if background is not None:
+            images = images * alpha + background * (1.0 - alpha)
+        elif soft:
+            images = images * alpha
+        # hard mask, no background: albedo is already zero off the mesh
         return {"images": images, "alpha_images": alpha, "shading_images": shading}
 
 
@@ -153,7 +156,7 @@ class Renderer(paddle.nn.Layer):
 
         Returns:
             dict with ``images`` (B, 3, H, W), ``alpha_images`` (B, 1, H, W), ``albedo_images``
-            (B, 3, H, W), ``normal_images`` (B, 3, H, W, world frame, zero on background),
+            (B, 3, H, W), ``normal_images`` (B, 3, H, W, interpolated world-frame vertex normals, zero on background),
             ``depth_images`` (B, 1, H, W, screen depth), ``shading_images`` (B, 3, H, W),
             ``uv_images`` (B, H, W, 2) when textured, ``transformed_vertices`` (B, V, 3) screen
             NDC, ``normals`` (B, V, 3), ``fragments``, and ``landmarks2d`` (B, L, 2) screen-NDC
@@ -167,9 +170,8 @@ class Renderer(paddle.nn.Layer):
         B, H, W = frags.pix_to_face.shape
         normals = vertex_normals(vertices, self.faces)
         be = self.rasterizer.backend
-        n_img = interpolate(frags, normals, self.faces, be)
-        n_img = n_img / paddle.sqrt((n_img * n_img).sum(-1, keepdim=True) + 1e-12)
-        normal_images = n_img.transpose([0, 3, 1, 2])
+        # interpolated unit vertex normals, not renormalised per pixel (as DECA)
+        normal_images = interpolate(frags, normals, self.faces, be).transpose([0, 3, 1, 2])
         out: Dict[str, paddle.Tensor] = {}
         if albedos is not None:
             if self.face_uvcoords is None:
@@ -181,8 +183,8 @@ class Renderer(paddle.nn.Layer):
             if vertex_colors is None:
                 vertex_colors = paddle.full([B, vertices.shape[1], 3], 0.7, dtype=vertices.dtype)
             albedo_images = interpolate(frags, vertex_colors, self.faces, be).transpose([0, 3, 1, 2])
-        mask = frags.mask.unsqueeze(1)
-        albedo_images = albedo_images * mask
+        if albedos is not None:  # texture lookups on the background are not zero
+            albedo_images = albedo_images * frags.mask.unsqueeze(1)
         shaded = self.shader(frags, albedo_images, normal_images, lights, background, soft)
         out.update(shaded)
         out.update(

@@ -22,6 +22,11 @@ SH_CONSTANTS = (
 )
 
 
+def _raw_basis(normals: paddle.Tensor) -> paddle.Tensor:
+    x, y, z = normals[:, 0], normals[:, 1], normals[:, 2]
+    return paddle.stack([paddle.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3.0 * (z * z) - 1.0], axis=1)
+
+
 def sh_basis(normals: paddle.Tensor) -> paddle.Tensor:
     """The 9 scaled SH basis values of unit normals.
 
@@ -31,20 +36,16 @@ def sh_basis(normals: paddle.Tensor) -> paddle.Tensor:
     Returns:
         (B, 9, H, W).
     """
-    x, y, z = normals[:, 0], normals[:, 1], normals[:, 2]
-    basis = paddle.stack(
-        [paddle.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3.0 * z * z - 1.0], axis=1
-    )
     c = paddle.to_tensor(SH_CONSTANTS, dtype=normals.dtype).reshape([1, 9, 1, 1])
-    return basis * c
+    return _raw_basis(normals) * c
 
 
 def sh_shading(normals: paddle.Tensor, sh_coeffs: paddle.Tensor) -> paddle.Tensor:
     """Irradiance from DECA-style SH lighting.
 
     Args:
-        normals: (B, 3, H, W) unit normals in the frame the lighting is expressed in (DECA:
-            FLAME world frame, y up, z towards the camera).
+        normals: (B, 3, H, W) normals in the frame the lighting is expressed in (DECA: FLAME
+            world frame, y up, z towards the camera), normally unit length.
         sh_coeffs: (B, 9, 3) coefficients (27 numbers per image), or (B, 27).
 
     Returns:
@@ -54,7 +55,8 @@ def sh_shading(normals: paddle.Tensor, sh_coeffs: paddle.Tensor) -> paddle.Tenso
         sh_coeffs = sh_coeffs.reshape([-1, 9, 3])
     if sh_coeffs.ndim != 3 or tuple(sh_coeffs.shape[1:]) != (9, 3):
         raise InputError(f"sh_shading: lights must be (B, 9, 3) or (B, 27), got {list(sh_coeffs.shape)}")
-    basis = sh_basis(normals)  # (B, 9, H, W)
+    basis = _raw_basis(normals)  # (B, 9, H, W); the constants are folded into the coefficients
     B, _, H, W = basis.shape
-    out = paddle.matmul(sh_coeffs.astype(basis.dtype), basis.reshape([B, 9, H * W]), transpose_x=True)
+    c = paddle.to_tensor(SH_CONSTANTS, dtype=basis.dtype).reshape([1, 9, 1])
+    out = paddle.matmul(sh_coeffs.astype(basis.dtype) * c, basis.reshape([B, 9, H * W]), transpose_x=True)
     return out.reshape([B, 3, H, W])
