@@ -180,3 +180,26 @@ def test_legacy_vae_names_and_pdparams(ref_vae, tmp_path):
     ref_vae.save_pretrained(str(tmp_path / "pd"), safe_serialization=False)
     assert os.path.isfile(tmp_path / "pd" / "model_state.pdparams")
     np.testing.assert_allclose(load_autoencoder(str(tmp_path / "pd")).decode(z).numpy(), expected, atol=1e-4)
+
+
+def test_unet_parity_sd1_layout_class_and_concat(tmp_path):
+    """Other config paths: 1x1-conv projections and a fixed head count (SD 1.x), two transformer
+    blocks per level, class embeddings, and extra concat input channels (inpainting-style)."""
+    from ppdiffusers import UNet2DConditionModel
+
+    ref = randomize(UNet2DConditionModel(
+        sample_size=8, in_channels=7, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=2,
+        transformer_layers_per_block=2, cross_attention_dim=16, use_linear_projection=False,
+        num_class_embeds=5), seed=4)
+    ref.save_pretrained(str(tmp_path), to_diffusers=True)
+    unet = load_unet(str(tmp_path))
+    assert unet.concat_channels == 3 and unet.in_channels == 4
+    rng = np.random.RandomState(0)
+    x = paddle.to_tensor(rng.standard_normal((2, 7, 8, 8)).astype("float32"))
+    c = paddle.to_tensor(rng.standard_normal((2, 3, 16)).astype("float32"))
+    t, y = paddle.to_tensor([1, 999]), paddle.to_tensor([0, 4])
+    expected = ref(x, t, encoder_hidden_states=c, class_labels=y).sample.numpy()
+    out = unet(x[:, :4], t, c, class_labels=y, concat=x[:, 4:])
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-4)
