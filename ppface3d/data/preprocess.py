@@ -267,11 +267,19 @@ class FacePreprocessor:
         det, _ = self._models()
         H, W = image.shape[:2]
         res = det.process(np.ascontiguousarray(image))
+        pad = 0
+        if not res.detections:
+            # a face filling the whole frame (an already cropped photo) is missed by the
+            # detector: look again with a border around the photo
+            pad = max(H, W) // 2
+            padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+            res = det.process(np.ascontiguousarray(padded))
+        Hp, Wp = H + 2 * pad, W + 2 * pad
         boxes = []
         for d in res.detections or []:
             b = d.location_data.relative_bounding_box
-            x0, y0 = b.xmin * W, b.ymin * H
-            boxes.append((np.array([x0, y0, x0 + b.width * W, y0 + b.height * H], np.float32),
+            x0, y0 = b.xmin * Wp - pad, b.ymin * Hp - pad
+            boxes.append((np.array([x0, y0, x0 + b.width * Wp, y0 + b.height * Hp], np.float32),
                           float(d.score[0])))
         boxes.sort(key=lambda t: -(t[0][2] - t[0][0]) * (t[0][3] - t[0][1]))
         return boxes

@@ -190,7 +190,7 @@ class DECA(nn.Layer):
 
     def _targets(self, batch: Dict, doubled: bool) -> Dict[str, paddle.Tensor]:
         t = {}
-        for k in ("landmark", "image", "mask", "shape", "exp", "pose"):
+        for k in ("landmark", "image", "mask", "shape", "exp", "pose", "gt_verts_neutral"):
             if k in batch and isinstance(batch[k], paddle.Tensor):
                 v = batch[k]
                 if k == "image" and v.ndim == 4:
@@ -206,6 +206,8 @@ class DECA(nn.Layer):
     def losses(self, batch: Dict, outputs: Dict) -> Dict[str, paddle.Tensor]:
         target = self._targets(batch, outputs.get("doubled", False))
         pred = {"landmarks2d": outputs["landmarks2d"]}
+        if self.loss_fn.w["shape_vertex"] > 0 and "gt_verts_neutral" in target:
+            pred["verts_neutral"] = self.flame(shape=outputs["codes"]["shape"]).vertices
         if "image" in outputs:
             pred["image"] = outputs["image"]
             if self.loss_fn.use_identity:

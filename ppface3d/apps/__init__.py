@@ -1,0 +1,1 @@
+"""Applications: optimisation-based fitting, reconstruction/export, the face3d CLI and demo."""
