@@ -90,12 +90,16 @@ def rigid_chain(rot, joints, parents: Sequence[int]):
 
 
 def skin(v_posed, weights, Rw, tw):
-    """Linear blend skinning. v_posed (B, V, 3), weights (V, J), Rw (B, J, 3, 3), tw (B, J, 3) -> (B, V, 3)."""
+    """Linear blend skinning. v_posed (B, V, 3), weights (V, J), Rw (B, J, 3, 3), tw (B, J, 3) -> (B, V, 3).
+
+    Per vertex: x' = (sum_j w_j R_j) x + sum_j w_j t_j, as one blended 3x4 transform per vertex.
+    """
     B, J = Rw.shape[0], Rw.shape[1]
+    V = v_posed.shape[1]
     A = paddle.concat([Rw.reshape([B, J, 9]), tw], axis=-1)  # (B, J, 12)
     T = paddle.matmul(weights, A)  # (V, J) @ (B, J, 12) -> (B, V, 12)
-    Tr = T[:, :, :9].reshape([B, -1, 3, 3])
-    return (Tr * v_posed.unsqueeze(-2)).sum(-1) + T[:, :, 9:]
+    rot = paddle.matmul(T[:, :, :9].reshape([B * V, 3, 3]), v_posed.reshape([B * V, 3, 1]))
+    return rot.reshape([B, V, 3]) + T[:, :, 9:]
 
 
 def barycentric_points(vertices, vert_idx, bary):
