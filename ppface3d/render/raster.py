@@ -180,7 +180,7 @@ def rasterize(
         pix_to_face = _raster_paddle(vertices, faces32, H, W, perspective_correct, cull_backfaces)
         bary, zbuf = barycentrics_from_faces(vertices, faces32, pix_to_face, perspective_correct)
     mask = (pix_to_face >= 0).astype("float32")
-    soft = soft_silhouette(vertices, faces32, (H, W), sigma, cull_backfaces) if sigma else None
+    soft = soft_silhouette(vertices, faces32, (H, W), sigma, cull_backfaces, backend=which) if sigma else None
     return Fragments(pix_to_face, bary, zbuf, mask, soft)
 
 
@@ -345,6 +345,7 @@ def soft_silhouette(
     sigma: float = 1e-4,
     cull_backfaces: bool = False,
     eps: float = 1e-4,
+    backend: str = "auto",
 ) -> paddle.Tensor:
     """SoftRas silhouette: ``alpha = 1 - prod_f (1 - sigmoid(+-d_f(p)^2 / sigma))``.
 
@@ -361,14 +362,27 @@ def soft_silhouette(
         sigma: sharpness in squared NDC units.
         cull_backfaces: ignore faces facing away.
         eps: probability below which a face's contribution is dropped.
+        backend: ``"cpp"`` (compiled operator with analytic backward; float32 CPU tensors),
+            ``"paddle"`` (Paddle ops + autodiff, any float dtype) or ``"auto"``.
 
     Returns:
-        (B, H, W) float32 in [0, 1].
+        (B, H, W) in [0, 1], the dtype of ``vertices``.
     """
     if sigma is None or not sigma > 0:
         raise InputError(f"soft_silhouette: sigma must be a positive number, got {sigma!r}")
+    if not 0 < eps < 0.5:
+        raise InputError(f"soft_silhouette: eps must be in (0, 0.5), got {eps!r}")
     H, W = (image_size, image_size) if isinstance(image_size, int) else image_size
     B, F = vertices.shape[0], faces.shape[0]
+    if (
+        _resolve(backend) == "cpp"
+        and vertices.dtype == paddle.float32
+        and vertices.place.is_cpu_place()
+    ):
+        op = _build.load_op()
+        return op.ppf3d_soft_silhouette(
+            vertices, faces.astype("int32"), int(H), int(W), float(sigma), float(eps), bool(cull_backfaces), _num_threads()
+        )
     fxy = _face_vertices(vertices[..., :2], faces).reshape([B * F, 3, 2])
     reach = math.sqrt(sigma * math.log((1.0 - eps) / eps))  # NDC distance where prob = eps
     with paddle.no_grad():

@@ -312,6 +312,226 @@ std::vector<paddle::Tensor> RasterizeBackward(const paddle::Tensor& verts,
 }
 
 // ---------------------------------------------------------------------------------------------
+// SoftRas silhouette: alpha = 1 - prod_f (1 - sigmoid(sign * d_f(p)^2 / sigma)), d_f the NDC
+// distance from the pixel centre to face f's boundary (sign + inside). Each face touches the
+// pixels within `reach` (where its probability drops to eps); its log-miss term is shifted by
+// its value there and clamped at 0, so the result is continuous. Same formula as the Paddle
+// reference soft_silhouette() in raster.py.
+// ---------------------------------------------------------------------------------------------
+namespace {
+
+struct SoftFace {
+  float x[3], y[3];  // NDC
+  float area;        // 0 = skip
+  int xmin, xmax, ymin, ymax;
+};
+
+inline float seg_dist2(float px, float py, float ax, float ay, float bx, float by, float* t_out) {
+  const float dx = bx - ax, dy = by - ay;
+  float t = ((px - ax) * dx + (py - ay) * dy) / std::max(dx * dx + dy * dy, 1e-20f);
+  t = std::min(1.f, std::max(0.f, t));
+  const float qx = ax + t * dx - px, qy = ay + t * dy - py;
+  *t_out = t;
+  return qx * qx + qy * qy;
+}
+
+inline float softplus(float x) { return x > 20.f ? x : std::log1p(std::exp(x)); }
+inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
+
+void setup_soft(const float* verts, const int* faces, int64_t B, int64_t V, int64_t F, int H, int W,
+                float reach, bool cull, std::vector<SoftFace>* out) {
+  out->resize(B * F);
+  const float rx = reach * 0.5f * W, ry = reach * 0.5f * H;
+  for (int64_t b = 0; b < B; ++b) {
+    const float* vb = verts + b * V * 3;
+    for (int64_t f = 0; f < F; ++f) {
+      SoftFace& s = (*out)[b * F + f];
+      bool ok = true;
+      for (int k = 0; k < 3; ++k) {
+        const int vid = faces[f * 3 + k];
+        s.x[k] = vb[vid * 3 + 0];
+        s.y[k] = vb[vid * 3 + 1];
+        if (!(std::isfinite(s.x[k]) && std::isfinite(s.y[k]))) ok = false;
+      }
+      s.area = ok ? edge_fn(s.x[0], s.y[0], s.x[1], s.y[1], s.x[2], s.y[2]) : 0.f;
+      // same degeneracy threshold as the rasterizer, measured in pixel units
+      if (std::fabs(s.area) * 0.25f * W * H < 1e-12f || (cull && s.area > 0.f)) s.area = 0.f;
+      if (s.area == 0.f) {
+        s.xmin = 1; s.xmax = 0; s.ymin = 1; s.ymax = 0;
+        continue;
+      }
+      float px[3], py[3];
+      for (int k = 0; k < 3; ++k) {
+        px[k] = (s.x[k] + 1.f) * 0.5f * W - 0.5f;
+        py[k] = (s.y[k] + 1.f) * 0.5f * H - 0.5f;
+      }
+      s.xmin = std::max(0, static_cast<int>(std::ceil(std::min({px[0], px[1], px[2]}) - rx)));
+      s.xmax = std::min(W - 1, static_cast<int>(std::floor(std::max({px[0], px[1], px[2]}) + rx)));
+      s.ymin = std::max(0, static_cast<int>(std::ceil(std::min({py[0], py[1], py[2]}) - ry)));
+      s.ymax = std::min(H - 1, static_cast<int>(std::floor(std::max({py[0], py[1], py[2]}) + ry)));
+    }
+  }
+}
+
+// Visits every (face, pixel) pair of one (batch, band) task; fn(face, pixel, px, py).
+template <typename Fn>
+void visit_soft(const std::vector<SoftFace>& setup, int64_t b, int64_t F, int H, int W, int r0, int r1, Fn fn) {
+  const SoftFace* S = setup.data() + b * F;
+  for (int64_t f = 0; f < F; ++f) {
+    const SoftFace& s = S[f];
+    if (s.area == 0.f) continue;
+    const int y0 = std::max(s.ymin, r0), y1 = std::min(s.ymax, r1);
+    for (int i = y0; i <= y1; ++i) {
+      const float py = (2.f * i + 1.f) / H - 1.f;
+      for (int j = s.xmin; j <= s.xmax; ++j) {
+        const float px = (2.f * j + 1.f) / W - 1.f;
+        fn(s, f, (b * H + i) * W + j, px, py);
+      }
+    }
+  }
+}
+
+struct SoftEval {
+  float value;  // log-miss term (<= 0)
+  float dval_dd2;
+  int edge;     // argmin edge k: from vertex k to vertex k+1
+  float t;
+};
+
+inline SoftEval eval_soft(const SoftFace& s, float px, float py, float inv_sigma, float cut) {
+  SoftEval e;
+  float best = 0.f;
+  for (int k = 0; k < 3; ++k) {
+    const int n = (k + 1) % 3;
+    float t;
+    const float d2 = seg_dist2(px, py, s.x[k], s.y[k], s.x[n], s.y[n], &t);
+    if (k == 0 || d2 < best) {
+      best = d2;
+      e.edge = k;
+      e.t = t;
+    }
+  }
+  const float e0 = edge_fn(s.x[1], s.y[1], s.x[2], s.y[2], px, py) * s.area;
+  const float e1 = edge_fn(s.x[2], s.y[2], s.x[0], s.y[0], px, py) * s.area;
+  const float e2 = edge_fn(s.x[0], s.y[0], s.x[1], s.y[1], px, py) * s.area;
+  const float sign = (e0 >= 0.f && e1 >= 0.f && e2 >= 0.f) ? 1.f : -1.f;
+  const float z = sign * best * inv_sigma;
+  const float v = -softplus(z) + cut;
+  if (v < 0.f) {
+    e.value = v;
+    e.dval_dd2 = -sigmoid(z) * sign * inv_sigma;
+  } else {
+    e.value = 0.f;
+    e.dval_dd2 = 0.f;
+  }
+  return e;
+}
+
+}  // namespace
+
+std::vector<paddle::Tensor> SoftSilhouetteForward(const paddle::Tensor& verts, const paddle::Tensor& faces,
+                                                  int height, int width, float sigma, float eps,
+                                                  bool cull_backfaces, int num_threads) {
+  PD_CHECK(verts.is_cpu(), "ppf3d_soft_silhouette: CPU kernel only; move tensors to CPU");
+  const int64_t B = verts.shape()[0], V = verts.shape()[1], F = faces.shape()[0];
+  const int H = height, W = width;
+  auto acc = paddle::full({B, H, W}, 0.f, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  float* ap = acc.data<float>();
+  const float reach = std::sqrt(sigma * std::log((1.f - eps) / eps));
+  const float cut = -std::log1p(-eps), inv_sigma = 1.f / sigma;
+  std::vector<SoftFace> setup;
+  setup_soft(verts.data<float>(), faces.data<int>(), B, V, F, H, W, reach, cull_backfaces, &setup);
+  const int bands = std::max(1, std::min(H, 4 * std::max(1, num_threads)));
+  const int rows = (H + bands - 1) / bands;
+  parallel_for(B * bands, num_threads, [&](int64_t task, int) {
+    const int64_t b = task / bands;
+    const int r0 = static_cast<int>(task % bands) * rows, r1 = std::min(H - 1, r0 + rows - 1);
+    if (r0 > r1) return;
+    visit_soft(setup, b, F, H, W, r0, r1, [&](const SoftFace& s, int64_t, int64_t p, float px, float py) {
+      ap[p] += eval_soft(s, px, py, inv_sigma, cut).value;
+    });
+  });
+  const int64_t n = B * H * W;
+  for (int64_t k = 0; k < n; ++k) ap[k] = 1.f - std::exp(ap[k]);
+  return {acc};
+}
+
+std::vector<paddle::Tensor> SoftSilhouetteBackward(const paddle::Tensor& verts, const paddle::Tensor& faces,
+                                                   const paddle::Tensor& alpha, const paddle::Tensor& grad_alpha,
+                                                   int height, int width, float sigma, float eps,
+                                                   bool cull_backfaces, int num_threads) {
+  const int64_t B = verts.shape()[0], V = verts.shape()[1], F = faces.shape()[0];
+  const int H = height, W = width;
+  auto grad_verts = paddle::full({B, V, 3}, 0.f, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  float* gv = grad_verts.data<float>();
+  const float* al = alpha.data<float>();
+  const float* ga = grad_alpha.data<float>();
+  const int* fp = faces.data<int>();
+  const float reach = std::sqrt(sigma * std::log((1.f - eps) / eps));
+  const float cut = -std::log1p(-eps), inv_sigma = 1.f / sigma;
+  std::vector<SoftFace> setup;
+  setup_soft(verts.data<float>(), fp, B, V, F, H, W, reach, cull_backfaces, &setup);
+  const int nt = std::max(1, num_threads);
+  const int bands = std::max(1, std::min(H, 4 * nt));
+  const int rows = (H + bands - 1) / bands;
+  std::vector<std::vector<float>> partial(nt);
+  parallel_for(B * bands, nt, [&](int64_t task, int t) {
+    std::vector<float>& accv = partial[t];
+    if (accv.empty()) accv.assign(static_cast<size_t>(B * V * 3), 0.f);
+    const int64_t b = task / bands;
+    const int r0 = static_cast<int>(task % bands) * rows, r1 = std::min(H - 1, r0 + rows - 1);
+    if (r0 > r1) return;
+    float* gb = accv.data() + b * V * 3;
+    visit_soft(setup, b, F, H, W, r0, r1, [&](const SoftFace& s, int64_t f, int64_t p, float px, float py) {
+      // alpha = 1 - exp(sum): d alpha / d term = -exp(sum) = -(1 - alpha)
+      const float g = -ga[p] * (1.f - al[p]);
+      if (g == 0.f) return;
+      const SoftEval e = eval_soft(s, px, py, inv_sigma, cut);
+      if (e.dval_dd2 == 0.f) return;
+      const int k = e.edge, n = (k + 1) % 3;
+      const float qx = s.x[k] + e.t * (s.x[n] - s.x[k]) - px;
+      const float qy = s.y[k] + e.t * (s.y[n] - s.y[k]) - py;
+      const float c = g * e.dval_dd2 * 2.f;
+      const int va = fp[f * 3 + k], vb = fp[f * 3 + n];
+      gb[va * 3 + 0] += c * qx * (1.f - e.t);
+      gb[va * 3 + 1] += c * qy * (1.f - e.t);
+      gb[vb * 3 + 0] += c * qx * e.t;
+      gb[vb * 3 + 1] += c * qy * e.t;
+    });
+  });
+  const int64_t n = B * V * 3;
+  for (auto& accv : partial) {
+    if (accv.empty()) continue;
+    for (int64_t k = 0; k < n; ++k) gv[k] += accv[k];
+  }
+  return {grad_verts};
+}
+
+std::vector<std::vector<int64_t>> SoftSilhouetteInferShape(const std::vector<int64_t>& verts_shape,
+                                                           const std::vector<int64_t>&, int height, int width,
+                                                           float, float, bool, int) {
+  return {{verts_shape[0], height, width}};
+}
+
+std::vector<paddle::DataType> SoftSilhouetteInferDtype(const paddle::DataType& verts_dtype, const paddle::DataType&) {
+  return {verts_dtype};
+}
+
+PD_BUILD_OP(ppf3d_soft_silhouette)
+    .Inputs({"Verts", "Faces"})
+    .Outputs({"Alpha"})
+    .Attrs({"height: int", "width: int", "sigma: float", "eps: float", "cull_backfaces: bool", "num_threads: int"})
+    .SetKernelFn(PD_KERNEL(SoftSilhouetteForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(SoftSilhouetteInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(SoftSilhouetteInferDtype));
+
+PD_BUILD_GRAD_OP(ppf3d_soft_silhouette)
+    .Inputs({"Verts", "Faces", "Alpha", paddle::Grad("Alpha")})
+    .Outputs({paddle::Grad("Verts")})
+    .Attrs({"height: int", "width: int", "sigma: float", "eps: float", "cull_backfaces: bool", "num_threads: int"})
+    .SetKernelFn(PD_KERNEL(SoftSilhouetteBackward));
+
+// ---------------------------------------------------------------------------------------------
 // Attribute interpolation (nvdiffrast's "interpolate"): out[p] = sum_k bary[p, k] * attr[face[p, k]]
 //   attrs (B, V, C) float32, faces (F, 3) int32, face_idx (B, H, W) int32, bary (B, H, W, 3)
 //   -> out (B, H, W, C), zero where face_idx < 0.
