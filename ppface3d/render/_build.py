@@ -114,6 +114,7 @@ def load_op(verbose: bool = False):
         raise _ERROR
     try:
         _MODULE = _load(verbose)
+        _remove_generated_api_file(_MODULE)
     except OpUnavailable as e:
         _ERROR = e
         raise
@@ -121,6 +122,16 @@ def load_op(verbose: bool = False):
         _ERROR = OpUnavailable(f"building the C++ rasterizer failed: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
         raise _ERROR from e
     return _MODULE
+
+
+def _remove_generated_api_file(module) -> None:
+    """Paddle writes a ``<name>_<pid-ish>.py`` wrapper next to the library on every load; once
+    imported it is not needed, so don't let them pile up in the cache."""
+    path = getattr(module, "__file__", None) or ""
+    stem = os.path.basename(path)
+    if stem.startswith("ppf3d_raster_") and stem.count("_") >= 3 and stem.endswith(".py"):
+        with contextlib.suppress(OSError):
+            os.remove(path)
 
 
 def _load(verbose: bool):
