@@ -278,14 +278,22 @@ class FLAME(paddle.nn.Layer):
                 return eye3.expand([B, 3, 3])
             return expand(self._to_matrix(x, fmt))
 
-        R_global = mat(global_pose, self.rotation_format)
-        R_neck = mat(neck_pose, self.rotation_format)
-        R_jaw = mat(jaw_pose, self.jaw_format)
-        if eye_pose is not None:
-            R_eyes = expand(L.axis_angle_to_matrix(eye_pose.reshape([-1, 3])).reshape([-1, 2, 3, 3]))
+        if self.rotation_format == "axis_angle" and self.jaw_format == "axis_angle":
+            # one Rodrigues call for all five joints (fewer ops: faster at small batch sizes)
+            z3 = paddle.zeros([B, 3], dtype=dt)
+            aa = [expand(x) if x is not None else z3 for x in (global_pose, neck_pose, jaw_pose)]
+            aa.append(expand(eye_pose) if eye_pose is not None else paddle.zeros([B, 6], dtype=dt))
+            rot = L.axis_angle_to_matrix(paddle.concat(aa, axis=1).reshape([-1, 3])).reshape([B, 5, 3, 3])
+            R_global, R_neck = rot[:, 0], rot[:, 1]
         else:
-            R_eyes = eye3.unsqueeze(0).expand([B, 2, 3, 3])
-        rot = paddle.concat([R_global.unsqueeze(1), R_neck.unsqueeze(1), R_jaw.unsqueeze(1), R_eyes], axis=1)
+            R_global = mat(global_pose, self.rotation_format)
+            R_neck = mat(neck_pose, self.rotation_format)
+            R_jaw = mat(jaw_pose, self.jaw_format)
+            if eye_pose is not None:
+                R_eyes = expand(L.axis_angle_to_matrix(eye_pose.reshape([-1, 3])).reshape([-1, 2, 3, 3]))
+            else:
+                R_eyes = eye3.unsqueeze(0).expand([B, 2, 3, 3])
+            rot = paddle.concat([R_global.unsqueeze(1), R_neck.unsqueeze(1), R_jaw.unsqueeze(1), R_eyes], axis=1)
 
         # pose correctives
         if neck_pose is not None or jaw_pose is not None or eye_pose is not None:

@@ -92,14 +92,18 @@ def rigid_chain(rot, joints, parents: Sequence[int]):
 def skin(v_posed, weights, Rw, tw):
     """Linear blend skinning. v_posed (B, V, 3), weights (V, J), Rw (B, J, 3, 3), tw (B, J, 3) -> (B, V, 3).
 
-    Per vertex: x' = (sum_j w_j R_j) x + sum_j w_j t_j, as one blended 3x4 transform per vertex.
+    Per vertex: x' = (sum_j w_j R_j) x + sum_j w_j t_j. The 12 entries of the blended 3x4
+    transform are computed as (12 B, J) @ (J, V) planes and applied with elementwise ops, which
+    is several times faster in Paddle (forward and backward) than a batch of 3x3 matmuls.
     """
     B, J = Rw.shape[0], Rw.shape[1]
     V = v_posed.shape[1]
     A = paddle.concat([Rw.reshape([B, J, 9]), tw], axis=-1)  # (B, J, 12)
-    T = paddle.matmul(weights, A)  # (V, J) @ (B, J, 12) -> (B, V, 12)
-    rot = paddle.matmul(T[:, :, :9].reshape([B * V, 3, 3]), v_posed.reshape([B * V, 3, 1]))
-    return rot.reshape([B, V, 3]) + T[:, :, 9:]
+    T = paddle.matmul(A.transpose([2, 0, 1]).reshape([12 * B, J]), weights, transpose_y=True)
+    T = paddle.unbind(T.reshape([12, B, V]), 0)
+    x, y, z = paddle.unbind(v_posed.transpose([2, 0, 1]), 0)
+    out = [T[3 * c] * x + T[3 * c + 1] * y + T[3 * c + 2] * z + T[9 + c] for c in range(3)]
+    return paddle.stack(out, axis=-1)
 
 
 def barycentric_points(vertices, vert_idx, bary):
