@@ -8,8 +8,11 @@ For a FLAME-size mesh (the generated FLAME head: 4,970 vertices, 9,824 faces) at
 * ``backward_ms``: backward of a photometric loss through that render to the vertices,
 * ``peer_ms``:     pyrender/OSMesa rendering colour + depth of the same mesh (new vertex positions
   uploaded for every image, as a fitting loop would do), read back to numpy,
+* ``peer_static_ms``: the same with the meshes already uploaded (render + read back only: the
+  peer's best case),
 
-and ``ratio = forward_ms / peer_ms`` (goal: <= 2). Run:
+and ``ratio = forward_ms / peer_ms``, ``ratio_static = forward_ms / peer_static_ms`` (goal:
+forward within 2x of the peer), ``raster_ratio_static = raster_ms / peer_static_ms``. Run:
 
     PYOPENGL_PLATFORM=osmesa OMP_NUM_THREADS=2 .venv/bin/python bench/render.py [--repeats 10]
 
@@ -60,22 +63,26 @@ def make_peer(size):
     except Exception as e:  # pragma: no cover
         return None, f"OSMesa unavailable: {type(e).__name__}: {e}"
 
-    def render(vertices_list, faces, colors, half_extent):
-        out = []
-        for v in vertices_list:
-            scene = pyrender.Scene(ambient_light=[0.3, 0.3, 0.3], bg_color=[0, 0, 0, 0])
-            tm = trimesh.Trimesh(v, faces, vertex_colors=colors, process=False)
-            scene.add(pyrender.Mesh.from_trimesh(tm, smooth=True))
-            cam = pyrender.OrthographicCamera(xmag=half_extent, ymag=half_extent, znear=0.01, zfar=10.0)
-            pose = np.eye(4)
-            pose[2, 3] = 2.0
-            scene.add(cam, pose=pose)
-            scene.add(pyrender.DirectionalLight(intensity=2.0), pose=pose)
-            color, depth = r.render(scene)
-            out.append((color, depth))
-        return out
+    def scene_of(v, faces, colors, half_extent):
+        scene = pyrender.Scene(ambient_light=[0.3, 0.3, 0.3], bg_color=[0, 0, 0, 0])
+        tm = trimesh.Trimesh(v, faces, vertex_colors=colors, process=False)
+        scene.add(pyrender.Mesh.from_trimesh(tm, smooth=True))
+        cam = pyrender.OrthographicCamera(xmag=half_extent, ymag=half_extent, znear=0.01, zfar=10.0)
+        pose = np.eye(4)
+        pose[2, 3] = 2.0
+        scene.add(cam, pose=pose)
+        scene.add(pyrender.DirectionalLight(intensity=2.0), pose=pose)
+        return scene
 
-    return (render, r), "pyrender-osmesa"
+    def render(vertices_list, faces, colors, half_extent):
+        """New vertex positions every image (as in a fitting loop): build, upload, render."""
+        return [r.render(scene_of(v, faces, colors, half_extent)) for v in vertices_list]
+
+    def render_static(scenes):
+        """Meshes already uploaded: rasterize, shade and read back only."""
+        return [r.render(sc) for sc in scenes]
+
+    return (render, r, scene_of, render_static), "pyrender-osmesa"
 
 
 def main(argv=None):
@@ -131,11 +138,19 @@ def main(argv=None):
                 "peer": peer_name,
             }
             if peer is not None:
-                render, _ = peer
+                render, _, scene_of, render_static = peer
                 # pyrender's frame: y up, camera looking down -z from z = 2
                 half = 1.0 / scale
                 peer_ms = timed(lambda: render(list(verts), f, colors, half), reps)
-                rec.update(peer_ms=round(peer_ms, 2), ratio=round(forward_ms / peer_ms, 3), raster_ratio=round(raster_ms / peer_ms, 3))
+                scenes = [scene_of(vb, f, colors, half) for vb in verts]
+                static_ms = timed(lambda: render_static(scenes), reps)
+                rec.update(
+                    peer_ms=round(peer_ms, 2),
+                    ratio=round(forward_ms / peer_ms, 3),
+                    peer_static_ms=round(static_ms, 2),
+                    ratio_static=round(forward_ms / static_ms, 3),
+                    raster_ratio_static=round(raster_ms / static_ms, 3),
+                )
             print(json.dumps(rec), flush=True)
         if peer is not None:
             peer[1].delete()
