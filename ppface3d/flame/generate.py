@@ -28,7 +28,7 @@ import numpy as np
 
 from .io import save_npy, save_pickle, write_obj
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 NC, NR = 96, 48            # head grid: columns around, rows from crown to neck
 EYE_SEG, EYE_RINGS = 16, 12
 EYE_RADIUS = 0.0122

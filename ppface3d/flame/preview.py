@@ -116,7 +116,7 @@ def sheet(flame=None, size=200):
         add(name, yaw=15, expression=e)
     add("jaw open", yaw=25, jaw_pose=[0.35, 0, 0])
     add("jaw open, profile", yaw=80, jaw_pose=[0.35, 0, 0])
-    add("neck turn + landmarks", lm=True, global_pose=[0, 0.5, 0])
+    add("head turn + landmarks", lm=True, global_pose=[0, 0.5, 0])
     add("eyes + neck pose", eye_pose=[0.0, 0.35, 0, 0.0, 0.35, 0], neck_pose=[0.2, 0, 0.15])
     return cells
 
