@@ -264,7 +264,7 @@ def draw_landmarks(image: np.ndarray, lmk_ndc: np.ndarray, color=(1.0, 0.1, 0.1)
         if pts is None:
             continue
         px = (np.asarray(pts)[:, :2] + 1.0) * S / 2.0 - 0.5
-        r = max(1, S // 112)
+        r = max(1, S // 224)
         for x, y in np.round(px).astype(int):
             out[max(0, y - r):max(0, y + r + 1), max(0, x - r):max(0, x + r + 1)] = col
     return out
