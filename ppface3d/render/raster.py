@@ -168,6 +168,11 @@ def rasterize(
     vertices, faces, H, W = _check_inputs(vertices, faces, image_size)
     which = _resolve(backend)
     faces32 = faces.astype("int32")
+    if faces32.shape[0] == 0:  # nothing to draw
+        B = vertices.shape[0]
+        zero = paddle.zeros([B, H, W], dtype="float32")
+        soft = zero if sigma else None
+        return Fragments(paddle.full([B, H, W], -1, dtype="int32"), paddle.zeros([B, H, W, 3]), zero, zero, soft)
     if which == "cpp":
         op = _build.load_op()
         pix_to_face, bary, zbuf = op.ppf3d_rasterize(

@@ -194,3 +194,28 @@ def test_operator_is_cached_on_disk():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "cached-ok" in r.stdout, r.stderr[-2000:]
+
+
+def test_thread_count_does_not_change_results(monkeypatch):
+    v, f = bumpy_sphere(3)
+    sv = to_screen(v, 0.9)
+    outs = []
+    for n in ("1", "3"):
+        monkeypatch.setenv("PPFACE3D_NUM_THREADS", n)
+        V = paddle.to_tensor(np.stack([sv, sv * 0.7]), stop_gradient=False)
+        fr = rasterize(V, f, (50, 37), backend="cpp", sigma=3e-4)
+        (fr.bary_coords.sum(-1) * fr.zbuf + fr.soft_alpha * 2).sum().backward()
+        outs.append((fr.pix_to_face.numpy(), fr.bary_coords.numpy(), fr.soft_alpha.numpy(), V.grad.numpy()))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+    np.testing.assert_allclose(outs[0][2], outs[1][2], atol=1e-6)
+    np.testing.assert_allclose(outs[0][3], outs[1][3], atol=1e-4 * np.abs(outs[0][3]).max())
+
+
+@pytest.mark.parametrize("backend", ["cpp", "paddle"])
+def test_empty_and_offscreen_meshes(backend):
+    v, f = bumpy_sphere(2)
+    empty = rasterize(paddle.to_tensor(to_screen(v)[None]), np.zeros((0, 3), np.int64), 16, backend=backend)
+    assert (empty.pix_to_face.numpy() == -1).all() and (empty.zbuf.numpy() == 0).all()
+    off = rasterize(paddle.to_tensor(to_screen(v, 0.3, (5.0, -4.0))[None]), f, 16, backend=backend, sigma=1e-4)
+    assert (off.pix_to_face.numpy() == -1).all() and float(off.soft_alpha.max()) == 0.0
