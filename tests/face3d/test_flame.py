@@ -183,6 +183,12 @@ def test_input_errors(model_dir):
 
 
 def test_generated_model_is_a_head(model_dir):
+    # cached under $PPFACE3D_CACHE with the generator version in the folder name, built once
+    assert model_dir.startswith(os.environ["PPFACE3D_CACHE"])
+    assert os.path.basename(model_dir) == f"flame_generated_v{generate.GENERATOR_VERSION}"
+    stamp = os.path.getmtime(os.path.join(model_dir, "generic_model.pkl"))
+    assert default_model_path() == os.path.join(model_dir, "generic_model.pkl")
+    assert os.path.getmtime(os.path.join(model_dir, "generic_model.pkl")) == stamp
     m = load_flame_model(os.path.join(model_dir, "generic_model.pkl"))
     V, F = len(m["v_template"]), len(m["f"])
     assert 4500 <= V <= 5500 and 9000 <= F <= 11000
