@@ -164,3 +164,22 @@ def test_autoencoder_trainer_steps_with_discriminator(kind):
     assert not all(np.array_equal(a, p.numpy()) for a, p in zip(d0, groups["disc"]))
     assert all(np.isfinite(float(v)) for v in logs2.values())
     assert m.eval_step({"image": x})["samples"].shape == [4, 3, 16, 16]
+
+
+def test_minilm_text_config_trains_only_the_projection_and_unet(ae_weights, tmp_path):
+    from ppldm.data import ShapesWorld
+
+    cfg = load_config(os.path.join(CFG, "txt2img_shapes_minilm.yml"),
+                      [f"model.autoencoder.weights={ae_weights['ae_shapes']}"])
+    model = build_model(cfg)
+    model.train()
+    trainable = {id(p) for p in model.parameters() if not p.stop_gradient}
+    assert not any(id(p) in trainable for p in model.conditioner.bert.parameters())
+    assert all(id(p) in trainable for p in model.conditioner.proj.parameters())
+    ds = ShapesWorld("val", size=32, num_samples=2)
+    items = [ds[i] for i in range(2)]
+    batch = {"image": paddle.to_tensor(np.stack([i["image"] for i in items])),
+             "caption": [i["caption"] for i in items], "index": paddle.to_tensor([0, 1])}
+    out = model(batch)
+    out["loss"].backward()
+    assert np.isfinite(float(out["loss"])) and model.conditioner.proj.weight.grad is not None
