@@ -6,7 +6,7 @@ import pytest
 
 from ppengine.errors import InputError
 
-skimage_data = pytest.importorskip("skimage.data")
+import skimage.data as skimage_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -101,3 +101,24 @@ def test_weights_mode_errors(tmp_path):
         FaceReconstructor(weights=str(tmp_path / "w.safetensors"))
     with pytest.raises(InputError, match="not found"):
         FaceReconstructor(config="configs/deca.yml", weights=str(tmp_path / "w.safetensors"))
+
+
+def test_infer_with_trained_weights(photos, tmp_path):
+    """Checkpoint mode: a DECA config + safetensors weights encode each face (no fitting)."""
+    from ppengine.checkpoint import save_weights
+    from ppengine.config import load_config
+    from ppengine.trainer import build_model
+    from ppface3d.apps.cli import main
+
+    base = os.path.abspath("configs/_base_/face3d.yml")
+    cfg_path = tmp_path / "tiny.yml"
+    cfg_path.write_text(f"_base_: {base}\nmodel: {{encoder_depth: 18, image_size: 32, n_shape: 10, n_exp: 5, "
+                        f"n_tex: 5}}\n")
+    model = build_model(load_config(str(cfg_path)))
+    save_weights(str(tmp_path / "w.safetensors"), model)
+    rc = main(["--image", str(photos / "astro.jpg"), "--output", str(tmp_path / "out"), "-c", str(cfg_path),
+               "--weights", str(tmp_path / "w.safetensors"), "--no-progress"])
+    assert rc == 0
+    codes = np.load(tmp_path / "out" / "astro" / "codes.npz")
+    assert codes["shape"].shape == (1, 10) and codes["exp"].shape == (1, 5)
+    assert (tmp_path / "out" / "astro" / "overlay.png").is_file()
