@@ -77,26 +77,14 @@ class Attention(nn.Layer):
             out = self.forward_split_einsum(xa, ca)
             return out.squeeze(2).transpose([0, 2, 1])
         h, d = self.heads, self.dim_head
-        if context is x:        # self-attention: one fused q|k|v projection
-            q, k, v = paddle.split(self._fused(x, (self.to_q, self.to_k, self.to_v)), 3, axis=-1)
-        else:                   # cross-attention: q, then one fused k|v projection
-            q = self.to_q(x)
-            k, v = paddle.split(self._fused(context, (self.to_k, self.to_v)), 2, axis=-1)
-        q = (q * self.scale).reshape([0, 0, h, d]).transpose([0, 2, 1, 3])
-        k = k.reshape([0, 0, h, d]).transpose([0, 2, 1, 3])
-        v = v.reshape([0, 0, h, d]).transpose([0, 2, 1, 3])
+        # separate projections: measured faster here than one fused q|k|v matmul plus split
+        q = (self.to_q(x) * self.scale).reshape([0, 0, h, d]).transpose([0, 2, 1, 3])
+        k = self.to_k(context).reshape([0, 0, h, d]).transpose([0, 2, 1, 3])
+        v = self.to_v(context).reshape([0, 0, h, d]).transpose([0, 2, 1, 3])
         w = self._softmax(paddle.matmul(q, k, transpose_y=True), axis=-1)   # (B, h, S, M)
         out = paddle.matmul(w, v).transpose([0, 2, 1, 3]).reshape([0, 0, h * d])
         out = self.to_out[0](out)
         return self.to_out[1](out) if self.training else out
-
-    @staticmethod
-    def _fused(x, linears):
-        """x @ [W_1 | W_2 | ...] (+ biases): the projections of ``linears`` in one matmul."""
-        w = paddle.concat([lin.weight for lin in linears], axis=1)
-        if linears[0].bias is None:
-            return paddle.matmul(x, w)
-        return paddle.matmul(x, w) + paddle.concat([lin.bias for lin in linears])
 
     def forward_split_einsum(self, x, context):
         """ANE form. x (B, C, 1, S), context (B, Cc, 1, M) -> (B, C, 1, S)."""

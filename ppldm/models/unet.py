@@ -176,6 +176,9 @@ class UNet(nn.Layer):
         if self.concat_channels and (concat is None or concat.shape[1] != self.concat_channels):
             raise InputError(f"UNet: concat of {self.concat_channels} channels is required, got "
                              f"{None if concat is None else list(concat.shape)}")
+        if context is None and self.context_dim:
+            raise InputError(f"UNet: this UNet cross-attends to a context of width {self.context_dim}; pass "
+                             f"context (B, M, {self.context_dim}) (or build it with context_dim=None)")
         if context is not None and self.context_dim and context.shape[-1] != self.context_dim:
             raise InputError(f"UNet: context must be (B, M, {self.context_dim}), got {list(context.shape)}")
         if self.class_embedding is not None and class_labels is None:

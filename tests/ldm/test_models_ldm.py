@@ -84,6 +84,8 @@ def test_unet_bad_input_and_config_errors():
         net(paddle.randn([1, 3, 8, 8]), 1, paddle.randn([1, 5, 12]))
     with pytest.raises(InputError, match="context"):
         net(paddle.randn([1, 4, 8, 8]), 1, paddle.randn([1, 5, 11]))
+    with pytest.raises(InputError, match="pass context"):
+        net(paddle.randn([1, 4, 8, 8]), 1)
     with pytest.raises(ConfigError, match="attention_type"):
         small_unet(attention_type="flash")
     with pytest.raises(ConfigError, match="num_heads"):
