@@ -156,7 +156,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="small,sd")
     p.add_argument("--batches", default="1,4")
-    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--iters", type=int, default=9)
     p.add_argument("--quick", action="store_true", help="small case, batch 1, 2 iterations")
     args = p.parse_args()
     cases = ["small"] if args.quick else args.cases.split(",")

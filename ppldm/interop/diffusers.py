@@ -35,6 +35,10 @@ def _unsupported(folder, key, value, supported):
                      f"(supported: {supported})")
 
 
+def _int_or_list(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
 def unet_kwargs_from_diffusers(cfg: dict, folder: str = "") -> dict:
     """Translate a diffusers ``UNet2DConditionModel`` config into :class:`ppldm.models.UNet` kwargs."""
     down = list(cfg.get("down_block_types", []))
@@ -69,8 +73,7 @@ def unet_kwargs_from_diffusers(cfg: dict, folder: str = "") -> dict:
         layers_per_block=cfg.get("layers_per_block", 2),
         attention_resolutions=[2 ** i for i, t in enumerate(down) if t.startswith("CrossAttn")],
         num_heads=list(heads) if isinstance(heads, (list, tuple)) else heads, head_channels=None,
-        transformer_depth=cfg.get("transformer_layers_per_block", 1) if not isinstance(
-            cfg.get("transformer_layers_per_block", 1), tuple) else list(cfg["transformer_layers_per_block"]),
+        transformer_depth=_int_or_list(cfg.get("transformer_layers_per_block", 1)),
         context_dim=cross, use_linear_projection=bool(cfg.get("use_linear_projection", False)),
         num_classes=cfg.get("num_class_embeds"), norm_groups=cfg.get("norm_num_groups", 32),
         norm_eps=cfg.get("norm_eps", 1e-5), flip_sin_to_cos=cfg.get("flip_sin_to_cos", True),
@@ -109,16 +112,19 @@ def unet_config_to_diffusers(model: UNet) -> dict:
     }
 
 
-def load_unet(folder: str, attention_type: str = "standard", dtype: str = "float32") -> UNet:
+def load_unet(folder: str, attention_type: str = "standard", dtype: str = "float32", variant: str = None) -> UNet:
     """Build a :class:`ppldm.models.UNet` from a diffusers / ppdiffusers ``UNet2DConditionModel`` folder
-    (or a Stable Diffusion pipeline folder, whose ``unet/`` is used)."""
+    (or a Stable Diffusion pipeline folder, whose ``unet/`` is used).
+
+    ``variant="fp16"`` reads ``diffusion_pytorch_model.fp16.safetensors``; weights are cast to ``dtype``.
+    """
     folder = _resolve(folder, "unet")
     cfg = read_config(folder)
     cls = cfg.get("_class_name", "UNet2DConditionModel")
     if cls != "UNet2DConditionModel":
         raise InputError(f"{folder}/config.json describes a {cls}, not a UNet2DConditionModel")
     model = UNet(**unet_kwargs_from_diffusers(cfg, folder), attention_type=attention_type)
-    arrays, layout, path = read_folder_weights(folder)
+    arrays, layout, path = read_folder_weights(folder, variant)
     load_arrays_into(model, to_paddle_layout(model, arrays, layout), path, dtype)
     model.eval()
     return model
@@ -164,7 +170,7 @@ def autoencoder_config_to_diffusers(model) -> dict:
     return out
 
 
-def load_autoencoder(folder: str, dtype: str = "float32"):
+def load_autoencoder(folder: str, dtype: str = "float32", variant: str = None):
     """Build a :class:`ppldm.models.AutoencoderKL` (or :class:`VQModel`) from a diffusers / ppdiffusers
     ``AutoencoderKL`` / ``VQModel`` folder (or a pipeline folder, whose ``vae/`` is used)."""
     folder = _resolve(folder, "vae")
@@ -178,7 +184,7 @@ def load_autoencoder(folder: str, dtype: str = "float32"):
                         num_codes=cfg.get("num_vq_embeddings", 256), scaling_factor=cfg.get("scaling_factor", 1.0))
     else:
         raise InputError(f"{folder}/config.json describes a {cls}; load_autoencoder reads AutoencoderKL or VQModel")
-    arrays, layout, path = read_folder_weights(folder)
+    arrays, layout, path = read_folder_weights(folder, variant)
     load_arrays_into(model, to_paddle_layout(model, arrays, layout), path, dtype)
     model.eval()
     return model

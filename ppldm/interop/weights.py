@@ -74,13 +74,22 @@ def _read_safetensors(path: str) -> Tuple[Dict[str, np.ndarray], str]:
     return out, fmt
 
 
-def read_folder_weights(folder: str) -> Tuple[Dict[str, np.ndarray], str, str]:
+def _with_variant(name: str, variant) -> str:
+    if not variant:
+        return name
+    stem, ext = name.rsplit(".", 1)
+    return f"{stem}.{variant}.{ext}"
+
+
+def read_folder_weights(folder: str, variant: str = None) -> Tuple[Dict[str, np.ndarray], str, str]:
     """Find and read the weights in a diffusers/ppdiffusers model folder.
 
+    Args:
+        variant: e.g. ``"fp16"`` for ``diffusion_pytorch_model.fp16.safetensors``.
     Returns:
         (name -> array, layout ``"pt"`` or ``"pd"``, file path read).
     """
-    candidates = [(PD_SAFE, "pd"), (PT_SAFE, "pt"), (PD_PARAMS, "pd")]
+    candidates = [(_with_variant(n, variant), lay) for n, lay in ((PD_SAFE, "pd"), (PT_SAFE, "pt"), (PD_PARAMS, "pd"))]
     for name, layout in candidates:
         path = os.path.join(folder, name)
         index = path + ".index.json"
@@ -107,8 +116,11 @@ def read_folder_weights(folder: str) -> Tuple[Dict[str, np.ndarray], str, str]:
         raise InputError(f"{folder}: only {PT_BIN} (a PyTorch pickle) was found. ppldm does not unpickle "
                          f"PyTorch files; convert it once with diffusers (save_pretrained(..., "
                          f"safe_serialization=True)) to get {PT_SAFE}.")
-    raise InputError(f"{folder}: no weights found; expected one of {PD_SAFE}, {PT_SAFE}, {PD_PARAMS} "
-                     "(or a sharded *.index.json)")
+    present = sorted(f for f in os.listdir(folder) if f.endswith((".safetensors", ".pdparams", ".bin")))
+    hint = f" Weight files present: {', '.join(present)} (pass variant=... for e.g. *.fp16.safetensors)." \
+        if present else ""
+    raise InputError(f"{folder}: no weights found; expected one of {', '.join(n for n, _ in candidates)} "
+                     f"(or a sharded *.index.json).{hint}")
 
 
 def read_config(folder: str) -> dict:
@@ -134,10 +146,11 @@ def linear_weight_names(model: nn.Layer):
 def to_paddle_layout(model: nn.Layer, arrays: Dict[str, np.ndarray], layout: str) -> Dict[str, np.ndarray]:
     """Rename legacy keys and transpose PyTorch-layout Linear weights for ``model``."""
     linear = linear_weight_names(model)
+    linear_params = linear | {n[: -len(".weight")] + ".bias" for n in linear}
     out = {}
     for k, v in arrays.items():
         for old, new in _LEGACY.items():
-            if old in k and k.replace(old, new) in linear | {n.replace(".weight", ".bias") for n in linear}:
+            if old in k and k.replace(old, new) in linear_params:
                 k = k.replace(old, new)
         if k in linear:
             if v.ndim == 4 and v.shape[2:] == (1, 1):      # 1x1-conv form of a Linear

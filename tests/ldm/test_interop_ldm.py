@@ -152,6 +152,16 @@ def test_mismatched_and_truncated_checkpoints(ref_unet, tmp_path):
         load_unet(str(tmp_path / "bad"))
     with pytest.raises(InputError, match="not a folder"):
         load_unet(str(tmp_path / "nowhere"))
+    # only an fp16 variant present: a hint, then it loads (cast to float32) with variant="fp16"
+    os.makedirs(tmp_path / "half")
+    (tmp_path / "half" / "config.json").write_text((folder / "config.json").read_text())
+    save_file({k: v.astype("float16") for k, v in arrays.items()},
+              str(tmp_path / "half" / "diffusion_paddle_model.fp16.safetensors"), metadata={"format": "pd"})
+    with pytest.raises(InputError, match="variant"):
+        load_unet(str(tmp_path / "half"))
+    half = load_unet(str(tmp_path / "half"), variant="fp16")
+    assert half.conv_in.weight.dtype == paddle.float32
+    np.testing.assert_allclose(half.conv_in.weight.numpy(), arrays["conv_in.weight"], atol=1e-3)
     os.makedirs(tmp_path / "empty")
     with pytest.raises(InputError, match="no config.json"):
         load_unet(str(tmp_path / "empty"))
