@@ -151,8 +151,6 @@ def _run(args):
 
 
 def main():
-    import numpy as np
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="small,sd")
     p.add_argument("--batches", default="1,4")

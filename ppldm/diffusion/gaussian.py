@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Callable, Dict, Optional
 
 import paddle
-import paddle.nn.functional as F
 
 from ppengine.errors import ConfigError, InputError
 
