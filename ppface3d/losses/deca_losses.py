@@ -6,7 +6,7 @@ is (B, 68, 3) with a confidence in the last column.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 import paddle

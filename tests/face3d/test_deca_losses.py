@@ -127,3 +127,22 @@ def test_metric_zero_for_perfect_prediction_and_nme():
     gt = np.zeros((1, 68, 2))
     gt[0, 45, 0] = 2.0  # inter-ocular distance 2
     assert landmark_nme(gt + 1.0, gt)[0] == pytest.approx(np.sqrt(2) / 2)
+
+
+def test_identity_loss_is_pluggable():
+    import ppface3d  # noqa: F401  (registers IdentityFeatureNet)
+    from ppengine.errors import ConfigError
+    from ppface3d.losses.deca_losses import DECALoss, identity_loss
+
+    a = paddle.to_tensor([[1.0, 0.0], [0.0, 2.0]])
+    b = paddle.to_tensor([[1.0, 0.0], [2.0, 0.0]])
+    assert float(identity_loss(a, b)) == pytest.approx(0.5)  # cos 1 and cos 0
+    with pytest.raises(ConfigError, match="needs weights"):
+        DECALoss(identity_net={"type": "IdentityFeatureNet"})
+    loss = DECALoss(id=0.2, identity_net={"type": "IdentityFeatureNet", "depth": 18, "input_size": 32,
+                                          "allow_random": True})
+    assert loss.use_identity and not DECALoss().use_identity
+    img = paddle.rand([2, 3, 32, 32])
+    out = loss({}, {"landmarks2d": paddle.zeros([2, 68, 2]), "identity_image": img, "image": img},
+               {"landmark": paddle.zeros([2, 68, 3]), "image": img, "mask": paddle.ones([2, 32, 32])})
+    assert float(out["identity"]) == pytest.approx(0.0, abs=1e-5)  # same image -> same identity
