@@ -183,3 +183,23 @@ def test_minilm_text_config_trains_only_the_projection_and_unet(ae_weights, tmp_
     out = model(batch)
     out["loss"].backward()
     assert np.isfinite(float(out["loss"])) and model.conditioner.proj.weight.grad is not None
+
+
+def test_ldm_on_a_vq_first_stage(tmp_path):
+    from ppldm.models.autoencoder_trainer import AutoencoderTrainer
+    from ppldm.models.ldm import LatentDiffusion
+
+    ae = {"kind": "vq", "in_channels": 3, "out_channels": 3, "block_channels": [8, 16], "layers_per_block": 1,
+          "latent_channels": 4, "embed_dim": 3, "num_codes": 16, "norm_groups": 4, "mid_attention": False}
+    paddle.seed(0)
+    save_weights(str(tmp_path / "vq.safetensors"), AutoencoderTrainer(ae))
+    m = LatentDiffusion({**ae, "weights": str(tmp_path / "vq.safetensors")},
+                        unet={"block_channels": [16, 32], "layers_per_block": 1, "attention_resolutions": [2],
+                              "head_channels": 8, "norm_groups": 8},
+                        conditioner={"type": "ClassEmbedder", "n_classes": 3, "embed_dim": 8})
+    x = paddle.to_tensor(np.random.default_rng(0).uniform(-1, 1, (2, 3, 16, 16)).astype("float32"))
+    m.train()
+    out = m({"image": x, "label": paddle.to_tensor([0, 2])})
+    assert out["x_t"].shape == [2, 3, 8, 8] and np.isfinite(float(out["loss"]))
+    m.eval()
+    assert m.generate({"label": paddle.to_tensor([1])}, size=16, steps=2).shape == [1, 3, 16, 16]
