@@ -8,8 +8,10 @@ the previous checkpoints untouched and never a half-written one under a final na
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -93,31 +95,84 @@ def save_weights(path: str, model, metadata: Optional[Dict[str, str]] = None):
     save_tensors(path, dict(model.state_dict()), metadata)
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler for ``.pdparams`` state dicts: builds NumPy arrays and plain containers only.
+
+    A pickle can run code on load; anything outside this list is refused, never called.
+    """
+
+    ALLOWED = {
+        ("collections", "OrderedDict"), ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+        ("builtins", "tuple"), ("builtins", "list"), ("builtins", "dict"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights pickle")
+
+
+def read_pdparams(path: str) -> Dict[str, np.ndarray]:
+    """Read a Paddle ``.pdparams`` state dict without running code from it (arrays only)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"weights file not found: {path!r}")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        obj = _ArrayUnpickler(io.BytesIO(data)).load()
+    except Exception as e:  # noqa: BLE001 - any failure is a bad file for the user
+        raise CheckpointError(f"{path}: not a Paddle state dict of arrays ({e}). Save the weights as "
+                              "safetensors instead.") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of arrays, got {type(obj).__name__}")
+    return {k: np.asarray(v) for k, v in obj.items() if isinstance(v, np.ndarray)}
+
+
+def read_weights(path: str) -> Dict[str, np.ndarray]:
+    """A ``.safetensors`` or ``.pdparams`` weights file -> name -> array (no pickle code runs)."""
+    if path.endswith(".pdparams"):
+        return read_pdparams(path)
+    return load_tensors(path)
+
+
+def check_state_match(own: Dict[str, object], arrays: Dict[str, np.ndarray], source: str, target: str,
+                      hint: str, strict: bool = True):
+    """Raise CheckpointError listing missing keys, unexpected keys and shape mismatches."""
+    missing = sorted(k for k in own if k not in arrays)
+    unexpected = sorted(k for k in arrays if k not in own)
+    bad_shape = [f"{k}: file {tuple(arrays[k].shape)} vs model {tuple(own[k].shape)}"
+                 for k in sorted(own) if k in arrays and tuple(arrays[k].shape) != tuple(own[k].shape)]
+    if bad_shape or (strict and (missing or unexpected)):
+        def show(items):
+            return "\n    " + "\n    ".join(items[:20]) + (f"\n    ... ({len(items) - 20} more)" if len(items) > 20 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}):{show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}):{show(unexpected)}")
+        if bad_shape:
+            parts.append(f"shape mismatches ({len(bad_shape)}):{show(bad_shape)}")
+        raise CheckpointError(f"{source} does not match {target}:\n  " + "\n  ".join(parts) + f"\n{hint}")
+    return missing, unexpected
+
+
 def load_weights(model, path_or_arrays, strict: bool = True) -> Dict[str, list]:
-    """Load safetensors weights into ``model``.
+    """Load safetensors (or ``.pdparams``) weights into ``model``.
 
     A key the model lacks, a key the file lacks (with ``strict``) or a shape mismatch is a
     CheckpointError listing them all. Returns ``{"missing": [...], "unexpected": [...]}``.
     """
     import paddle
 
-    arrays = load_tensors(path_or_arrays) if isinstance(path_or_arrays, str) else path_or_arrays
+    arrays = read_weights(path_or_arrays) if isinstance(path_or_arrays, str) else path_or_arrays
     where = path_or_arrays if isinstance(path_or_arrays, str) else "weights"
     own = model.state_dict()
-    missing = [k for k in own if k not in arrays]
-    unexpected = [k for k in arrays if k not in own]
-    bad_shape = [f"{k}: file {tuple(arrays[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in own if k in arrays and tuple(arrays[k].shape) != tuple(own[k].shape)]
-    if bad_shape or (strict and (missing or unexpected)):
-        lines = [f"{where} does not match {type(model).__name__}:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}{' ...' if len(unexpected) > 20 else ''}")
-        if bad_shape:
-            lines.append(f"  shape mismatches ({len(bad_shape)}): {'; '.join(bad_shape[:10])}")
-        lines.append("  Check that the config's model section matches the one the weights were trained with.")
-        raise CheckpointError("\n".join(lines))
+    missing, unexpected = check_state_match(
+        own, arrays, where, type(model).__name__,
+        "Check that the config's model section matches the one the weights were trained with.", strict)
     for k, t in own.items():
         if k in arrays:
             t.set_value(paddle.to_tensor(arrays[k]).astype(t.dtype))

@@ -13,15 +13,14 @@ The layout is told by the safetensors metadata ``format`` (``pt`` / ``pd``) or t
 """
 from __future__ import annotations
 
-import io
 import json
 import os
-import pickle
 from typing import Dict, Tuple
 
 import numpy as np
 import paddle.nn as nn
 
+from ppengine.checkpoint import check_state_match, read_pdparams
 from ppengine.errors import CheckpointError, InputError
 
 PT_SAFE = "diffusion_pytorch_model.safetensors"
@@ -30,33 +29,8 @@ PD_PARAMS = "model_state.pdparams"
 PT_BIN = "diffusion_pytorch_model.bin"
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler that allows only NumPy array reconstruction and plain containers."""
-
-    ALLOWED = {
-        ("collections", "OrderedDict"), ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
-        ("builtins", "tuple"), ("builtins", "list"), ("builtins", "dict"),
-    }
-
-    def find_class(self, module, name):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights pickle")
-
-
 def _read_pdparams(path: str) -> Dict[str, np.ndarray]:
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        obj = _ArrayUnpickler(io.BytesIO(data)).load()
-    except Exception as e:  # noqa: BLE001 - any failure is a bad file for the user
-        raise CheckpointError(f"{path}: not a Paddle state dict of arrays ({e}). Save the model with "
-                              "safetensors (save_pretrained(..., safe_serialization=True)) instead.") from e
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict of arrays, got {type(obj).__name__}")
-    return {k: np.asarray(v) for k, v in obj.items() if isinstance(v, np.ndarray)}
+    return read_pdparams(path)
 
 
 def _read_safetensors(path: str) -> Tuple[Dict[str, np.ndarray], str]:
@@ -167,23 +141,8 @@ def load_arrays_into(model: nn.Layer, arrays: Dict[str, np.ndarray], source: str
     """Set ``model``'s parameters from ``arrays`` (Paddle layout); a CheckpointError lists missing
     keys, unexpected keys and shape mismatches."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(arrays))
-    unexpected = sorted(set(arrays) - set(own))
-    mismatched = [f"{k}: file {tuple(arrays[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in sorted(set(own) & set(arrays)) if tuple(arrays[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or mismatched:
-        def show(items):
-            return "\n    " + "\n    ".join(items[:20]) + (f"\n    ... ({len(items) - 20} more)" if len(items) > 20 else "")
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}):{show(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}):{show(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches ({len(mismatched)}):{show(mismatched)}")
-        raise CheckpointError(f"{source} does not match the {type(model).__name__} built from its config:\n  "
-                              + "\n  ".join(parts)
-                              + "\nCheck that config.json belongs to these weights and that the file is complete.")
+    check_state_match(own, arrays, source, f"the {type(model).__name__} built from its config",
+                      "Check that config.json belongs to these weights and that the file is complete.")
     model.set_state_dict({k: arrays[k].astype(dtype) if arrays[k].dtype.kind == "f" else arrays[k] for k in own})
     return model
 

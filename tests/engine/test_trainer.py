@@ -199,9 +199,32 @@ def test_load_weights_mismatch_lists_keys(toy_cfg, tmp_path):
     sd["extra.weight"] = np.zeros(3, np.float32)
     p = str(tmp_path / "w.safetensors")
     save_tensors(p, sd)
-    with pytest.raises(CheckpointError, match=r"missing keys \(1\): fc2.bias(.|\n)*unexpected keys \(1\): extra.weight"):
+    with pytest.raises(CheckpointError, match=r"missing keys \(1\):\s+fc2.bias(.|\n)*unexpected keys \(1\):\s+extra.weight"):
         load_weights(t.model, p)
     with open(p, "r+b") as f:  # truncate: a clear error, not a crash
         f.truncate(100)
     with pytest.raises(CheckpointError, match="truncated"):
         load_weights(t.model, p)
+
+
+def test_pdparams_read_without_running_code(toy_cfg, tmp_path):
+    import pickle
+
+    from ppengine import CheckpointError
+    t = Trainer(toy_cfg())
+    sd = {k: v.numpy() for k, v in t.model.state_dict().items()}
+    good = tmp_path / "w.pdparams"
+    paddle.save(t.model.state_dict(), str(good))  # what users have
+    other = Trainer(toy_cfg())
+    load_weights(other.model, str(good))
+    np.testing.assert_array_equal(other.model.fc1.weight.numpy(), sd["fc1.weight"])
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    bad = tmp_path / "evil.pdparams"
+    bad.write_bytes(pickle.dumps({"fc1.weight": Evil()}))
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_weights(other.model, str(bad))
+    assert not (tmp_path / "pwned").exists()
