@@ -51,7 +51,7 @@ class RunLogger:
             self.log.info(msg)
 
     def scalars(self, values: dict, step: int, prefix: str = ""):
-        if not self.enabled:
+        if not self.enabled or self.writer is None:
             return
         for k, v in values.items():
             try:
@@ -60,16 +60,21 @@ class RunLogger:
                 continue
 
     def image(self, tag: str, img: np.ndarray, step: int):
-        if self.enabled:
+        if self.enabled and self.writer is not None:
             img = np.asarray(img)
             if img.dtype != np.uint8:
                 img = (np.clip(img, 0, 1) * 255).astype(np.uint8)
             self.writer.add_image(tag=tag, img=img, step=int(step), dataformats="HWC")
 
     def close(self):
+        """Flush and close the VisualDL writer; later calls log to the text log only."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+    @property
+    def has_writer(self) -> bool:
+        return self.writer is not None
 
 
 def progress(total: int, initial: int = 0, enabled: bool = True, desc: str = "train", leave: bool = True):

@@ -70,18 +70,28 @@ def _scalar(v) -> float:
 
 
 class EMA:
-    """Exponential moving average of a model's floating-point state (``decay`` per step)."""
+    """Exponential moving average of a model's trainable parameters.
+
+    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so a short run
+    does not keep the random initial weights. Buffers (running statistics, fitted scale factors)
+    are not averaged: the model's live buffers are used with the averaged parameters.
+    """
 
     def __init__(self, model: paddle.nn.Layer, decay: float):
         self.decay = float(decay)
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.dtype in (paddle.float32, paddle.float64, paddle.float16)}
+        self.updates = 0
+        self.shadow = {k: p.detach().clone() for k, p in model.named_parameters() if not p.stop_gradient}
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
 
     @paddle.no_grad()
     def update(self, model):
-        d = self.decay
-        for k, v in model.state_dict().items():
+        d = self.current_decay()
+        self.updates += 1
+        for k, p in model.named_parameters():
             if k in self.shadow:
-                self.shadow[k].set_value(self.shadow[k] * d + v.detach() * (1.0 - d))
+                self.shadow[k].set_value(self.shadow[k] * d + p.detach() * (1.0 - d))
 
     @contextlib.contextmanager
     def applied(self, model):
@@ -220,6 +230,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": {"scheme": "reseeded every step from (seed, step, rank)", "seed": self.seed},
             "best": self.best, "world_size": self.world_size,
+            "ema_updates": self.ema.updates if self.ema is not None else None,
         }
         path = self.ckpts.save(self.step, files, state)
         self.logger.info(f"saved checkpoint {path}")
@@ -238,6 +249,7 @@ class Trainer:
         if self.ema is not None and "ema" in files:
             for k, v in files["ema"].items():
                 self.ema.shadow[k].set_value(paddle.to_tensor(v))
+            self.ema.updates = int(state.get("ema_updates") or self.step)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if state.get("data") and self._data is not None:

@@ -137,15 +137,26 @@ def test_ema_weights_used_for_eval_and_saved(toy_cfg, tmp_path):
     k = "fc1.weight"
     np.testing.assert_array_equal(final[k], ema[k])          # final weights are the EMA ones
     assert np.abs(raw[k] - ema[k]).max() > 1e-4              # and they differ from the raw ones
-    # EMA is the recursion of the raw weights: check one update by hand
+    # EMA is the recursion of the raw weights with a warmed-up decay: check updates by hand
     model = t.model
     from ppengine.trainer import EMA
     e = EMA(model, 0.5)
-    old = e.shadow[k].numpy().copy()
-    with paddle.no_grad():
-        model.fc1.weight.set_value(model.fc1.weight + 1.0)
-    e.update(model)
-    np.testing.assert_allclose(e.shadow[k].numpy(), 0.5 * old + 0.5 * (old + 1.0), rtol=1e-6)
+    assert set(e.shadow) == {k for k, _ in model.named_parameters()}  # parameters only
+    expect = e.shadow[k].numpy().copy()
+    for n in range(12):
+        with paddle.no_grad():
+            model.fc1.weight.set_value(model.fc1.weight + 1.0)
+        d = min(0.5, (1 + n) / (10 + n))
+        expect = d * expect + (1 - d) * model.fc1.weight.numpy()
+        e.update(model)
+        np.testing.assert_allclose(e.shadow[k].numpy(), expect, rtol=1e-5)
+    assert e.current_decay() == 0.5
+
+
+def test_evaluate_after_train_on_same_trainer(toy_cfg):
+    t = Trainer(toy_cfg("train.max_iters=5", "train.eval_interval=0"))
+    t.train()
+    assert "mae" in t.evaluate()
 
 
 def test_amp_is_off_on_cpu(toy_cfg):
