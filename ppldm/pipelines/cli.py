@@ -8,6 +8,7 @@ Examples::
     tools/infer.py ldm -c configs/ldm/inpaint_shapes.yml --image photo.png --mask mask.png
     tools/infer.py ldm -c configs/ldm/sr_shapes.yml --lowres small.png
     tools/infer.py ldm -c configs/ldm/uncond_digits.yml -n 16
+    tools/infer.py ldm -c configs/ldm/sd21_base.yml -o model.folder=/path/to/sd-2-1-base --prompt "an astronaut"
 
 The weights are ``--weights`` or, by default, ``<train.output>/final.safetensors`` of the config.
 A boxes file is JSON: a list of ``[class, x0, y0, x1, y1]`` (coordinates in [0, 1]) where class
@@ -140,6 +141,8 @@ def run(a) -> str:
 
     cfg = load_config(a.config, a.override)
     out_dir = (cfg.get("train") or {}).get("output", "output/ldm")
+    if (cfg.get("model") or {}).get("type") == "StableDiffusion":
+        return run_stable_diffusion(cfg, a, out_dir)
     weights = a.weights or (cfg.get("model") or {}).get("weights") or os.path.join(out_dir, "final.safetensors")
     if not os.path.isfile(weights):
         raise InputError(f"weights {weights!r} not found: train first (python tools/train.py -c {a.config}) "
@@ -168,6 +171,40 @@ def run(a) -> str:
     out = a.out or os.path.join(out_dir, f"infer_{time.strftime('%Y%m%d_%H%M%S')}.png")
     save_png(out, img)
     print(f"wrote {out} ({x.shape[0]} samples in {time.time() - t0:.1f} s)")
+    return out
+
+
+def run_stable_diffusion(cfg, a, out_dir: str) -> str:
+    """Text-to-image with Stable Diffusion 2.x weights given by path (``-o model.folder=...``)."""
+    from ppengine.errors import InputError
+    from ppengine.trainer import build_model
+
+    from .images import save_png
+
+    if not (cfg["model"].get("folder") or cfg["model"].get("weights")):
+        raise InputError(f"{a.config}: Stable Diffusion weights are not shipped: give the diffusers pipeline "
+                         f"folder with -o model.folder=/path/to/stable-diffusion-2-1-base")
+    if not a.prompt:
+        raise InputError('give --prompt "a photo of an astronaut riding a horse"')
+    infer = dict(cfg.get("infer") or {})
+    for key, val in (("steps", a.steps), ("guidance_scale", a.guidance), ("sampler", a.sampler)):
+        if val is not None:
+            infer[key] = val
+    model = build_model(cfg)
+    model.eval()
+    prompts = [p for p in a.prompt for _ in range(max(1, int(a.num)))]
+    t0 = time.time()
+    images = model.generate(prompts, seed=a.seed, **infer)  # (B, H, W, 3) uint8
+    n = len(images)
+    cols = max(1, int(a.num))
+    rows = (n + cols - 1) // cols
+    h, w = images.shape[1:3]
+    sheet = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for i, im in enumerate(images):
+        sheet[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = im
+    out = a.out or os.path.join(out_dir, f"sd_{time.strftime('%Y%m%d_%H%M%S')}.png")
+    save_png(out, sheet)
+    print(f"wrote {out} ({n} images in {time.time() - t0:.1f} s)")
     return out
 
 

@@ -114,3 +114,22 @@ def test_sd21_configs_build_at_reduced_width():
     assert full["unet"]["block_channels"] == [320, 640, 1280, 1280] and full["unet"]["context_dim"] == 1024
     with pytest.raises(InputError, match="does not exist"):
         MODELS.build(dict(full, folder="/nonexistent/sd"))
+
+
+def test_infer_cli_runs_stable_diffusion_from_a_folder(sd_folder, tmp_path, capsys):
+    """tools/infer.py ldm with an SD config and -o model.folder=...: a PNG sheet of the prompts."""
+    from ppldm.pipelines.cli import main
+
+    folder, _ = sd_folder
+    out = tmp_path / "sd.png"
+    cfg = os.path.join(ROOT, "configs", "ldm", "sd21.yml")
+    rc = main(["-c", cfg, "-o", f"model.folder={folder}", "-o", "infer.height=32", "-o", "infer.width=32",
+               "--prompt", "a red square", "a blue circle", "-n", "2", "--steps", "2", "--out", str(out)])
+    assert rc == 0
+    import imageio.v2 as imageio
+    sheet = imageio.imread(str(out))
+    assert sheet.shape == (64, 64, 3) and sheet.std() > 1
+    # no folder: a clear error, not a random-weight model
+    rc = main(["-c", cfg, "--prompt", "x", "--out", str(tmp_path / "none.png")])
+    assert rc == 2 and "model.folder" in capsys.readouterr().err
+    assert not (tmp_path / "none.png").exists()
