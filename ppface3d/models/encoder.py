@@ -73,12 +73,9 @@ class ResNetEncoder(nn.Layer):
 
             if not os.path.isfile(pretrained):
                 raise InputError(f"encoder weights {pretrained!r} not found")
-            if pretrained.endswith(".safetensors"):
-                from safetensors.numpy import load_file
+            from ppengine.checkpoint import read_weights  # safetensors, or .pdparams without running pickle code
 
-                state = {k: paddle.to_tensor(v) for k, v in load_file(pretrained).items()}
-            else:
-                state = paddle.load(pretrained)
+            state = {k: paddle.to_tensor(v) for k, v in read_weights(pretrained).items()}
             self.backbone.set_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
 
     def _offset(self, name: str) -> int:

@@ -46,12 +46,9 @@ class IdentityFeatureNet(nn.Layer):
         if weights:
             if not os.path.isfile(weights):
                 raise InputError(f"identity network weights {weights!r} not found")
-            if weights.endswith(".safetensors"):
-                from safetensors.numpy import load_file
+            from ppengine.checkpoint import read_weights  # safetensors, or .pdparams without running pickle code
 
-                state = {k: paddle.to_tensor(v) for k, v in load_file(weights).items()}
-            else:
-                state = paddle.load(weights)
+            state = {k: paddle.to_tensor(v) for k, v in read_weights(weights).items()}
             state = {k[4:] if k.startswith("net.") else k: v for k, v in state.items()}
             self.net.set_state_dict(state)
         self.register_buffer("mean", paddle.to_tensor([0.485, 0.456, 0.406]).reshape([1, 3, 1, 1]), persistable=False)
