@@ -40,6 +40,22 @@ from .unet import UNet
 CONCAT_MODES = (None, "inpaint", "lowres")
 
 
+class IdentityFirstStage(nn.Layer):
+    """A pass-through "first stage" (f = 1): diffusion in pixel space (``autoencoder: {kind:
+    identity, in_channels: 3}``). ``encode`` / ``decode`` return their input."""
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        self.config = {"in_channels": int(in_channels), "embed_dim": int(in_channels)}
+        self.downsample_factor = 1
+
+    def encode(self, x):
+        return x
+
+    def decode(self, z):
+        return z
+
+
 def load_autoencoder_weights(ae: nn.Layer, path: str):
     """Load autoencoder weights from a safetensors file written by AutoencoderTrainer (keys
     ``ae.*``) or holding the bare autoencoder (keys without prefix)."""
@@ -59,6 +75,7 @@ class LatentDiffusion(nn.Layer):
         autoencoder: ``{kind: kl|vq, weights: path, ...}``: the first stage (frozen). ``weights``
             is the ``final.safetensors`` / ``best.safetensors`` of an AutoencoderTrainer run; it
             may be absent when ``model.weights`` (a full LatentDiffusion checkpoint) is given.
+            ``{kind: identity, in_channels: 3}`` diffuses in pixel space (f = 1, no weights).
         unet: UNet arguments; ``in_channels``/``out_channels``/``concat_channels``/``context_dim``
             are filled in from the autoencoder, ``concat`` and the conditioner.
         conditioner: a conditioner config (``type: ClassEmbedder`` ...) or null.
@@ -69,22 +86,34 @@ class LatentDiffusion(nn.Layer):
         sampler: defaults for sampling: ``{name: ddim, steps: 50, guidance_scale: 1.0, eta: 0.0,
             paste: false}`` (``paste``: inpainting keeps the known pixels exactly).
         cache_latents: cache the first stage's posterior per ``batch['index']`` (in memory).
+        lowres_factor: super-resolution factor (HR side / ``lr`` side); default: the first stage's
+            ``f`` (the low-res image then has the latent's size).
+        residual: super-resolution only: diffuse the difference between the HR latent and the
+            latent of the bicubic-upsampled ``lr`` (SR3 / ResShift style; with an identity first
+            stage, the pixel residual over bicubic); samples are decoded from base + residual.
     """
 
     def __init__(self, autoencoder: dict, unet: dict = None, conditioner: dict = None, concat: str = None,
                  diffusion: dict = None, scale_factor: Optional[float] = None, cond_drop: float = 0.1,
-                 sampler: dict = None, cache_latents: bool = True):
+                 sampler: dict = None, cache_latents: bool = True, lowres_factor: Optional[int] = None,
+                 residual: bool = False):
         super().__init__()
         if concat not in CONCAT_MODES:
             raise ConfigError(f"model.concat must be one of {CONCAT_MODES}, got {concat!r}")
         spec = dict(autoencoder or {})
         self.ae_kind = spec.get("kind", "kl")
         weights = spec.get("weights")
-        self.ae = build_autoencoder(spec)
+        if self.ae_kind == "identity":
+            unknown = set(spec) - {"kind", "weights", "in_channels"}
+            if unknown:
+                raise ConfigError(f"model.autoencoder (kind identity) takes only in_channels, got {sorted(unknown)}")
+            self.ae = IdentityFirstStage(spec.get("in_channels", 3))
+        else:
+            self.ae = build_autoencoder(spec)
         for p in self.ae.parameters():
             p.stop_gradient = True
-        self.register_buffer("ae_ready", paddle.to_tensor([0.0]))
-        if weights:
+        self.register_buffer("ae_ready", paddle.to_tensor([1.0 if self.ae_kind == "identity" else 0.0]))
+        if weights and self.ae_kind != "identity":
             if os.path.isfile(weights):
                 load_autoencoder_weights(self.ae, weights)
                 self.ae_ready.set_value(paddle.to_tensor([1.0]))
@@ -95,6 +124,12 @@ class LatentDiffusion(nn.Layer):
                                 else self.ae.config["embed_dim"])
         self.f = self.ae.downsample_factor
 
+        if residual and concat != "lowres":
+            raise ConfigError("model.residual is for super-resolution (concat: lowres) only")
+        self.residual = bool(residual)
+        self.lowres_factor = int(lowres_factor) if lowres_factor else self.f
+        if self.lowres_factor < 1:
+            raise ConfigError(f"model.lowres_factor must be >= 1, got {lowres_factor}")
         self.conditioner = CONDITIONERS.build(conditioner, "model.conditioner") if conditioner else None
         self.concat = concat
         ucfg = dict(unet or {})
@@ -166,9 +201,19 @@ class LatentDiffusion(nn.Layer):
         return z
 
     @paddle.no_grad()
-    def decode(self, z: paddle.Tensor) -> paddle.Tensor:
-        """Scaled latents (B, c, h, w) -> images (B, C, h*f, w*f) in [-1, 1] (clipped)."""
-        return self.ae.decode(self.scale.unscale(z)).clip(-1.0, 1.0)
+    def decode(self, z: paddle.Tensor, base: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+        """Scaled latents (B, c, h, w) -> images (B, C, h*f, w*f) in [-1, 1] (clipped). ``base``: the
+        unscaled latent the (residual) sample is added to."""
+        z = self.scale.unscale(z)
+        if base is not None:
+            z = z + base
+        return self.ae.decode(z).clip(-1.0, 1.0)
+
+    def _lowres_base(self, batch, size: int) -> paddle.Tensor:
+        """Residual SR: the unscaled latent of ``batch['lr']`` bicubic-upsampled to ``size``."""
+        lr = batch["lr"].astype("float32")
+        up = F.interpolate(lr, size=[size, size], mode="bicubic", align_corners=False).clip(-1.0, 1.0)
+        return self._latent_from_moments(self._moments(up), False)
 
     # ------------------------------------------------------------------ conditioning
     def _cond(self, batch, b: int, drop: Optional[np.ndarray] = None, null: bool = False) -> dict:
@@ -207,6 +252,10 @@ class LatentDiffusion(nn.Layer):
     def forward(self, batch):
         x = batch["image"]
         z = self.encode(x, batch.get("index"), sample_posterior=True)
+        if self.residual:
+            if "lr" not in batch:
+                raise InputError(f"super-resolution needs batch['lr'] (keys: {', '.join(batch)})")
+            z = z - self._lowres_base(batch, int(x.shape[-1]))
         if self.training:
             self.scale.fit(z)
         z = self.scale.scale(z)
@@ -262,7 +311,7 @@ class LatentDiffusion(nn.Layer):
                    num_inference_steps=steps, seed=seed, progress=progress, **kwargs)
         if was_training:
             self.train()
-        x = self.decode(z)
+        x = self.decode(z, self._lowres_base(batch, size) if self.residual else None)
         if self.concat == "inpaint" and paste:
             m = batch["mask"].astype(x.dtype)
             known = batch["image"] if "image" in batch else batch["masked_image"]
@@ -283,7 +332,7 @@ class LatentDiffusion(nn.Layer):
             if k in batch:
                 return int(batch[k].shape[-1])
         if "lr" in batch:
-            return int(batch["lr"].shape[-1]) * self.f if self.concat == "lowres" else int(batch["lr"].shape[-1])
+            return int(batch["lr"].shape[-1]) * (self.lowres_factor if self.concat == "lowres" else 1)
         return 32
 
     def eval_step(self, batch):

@@ -124,7 +124,7 @@ def build_batch(model, a, size: int):
     elif model.concat == "lowres":
         if not a.lowres:
             raise InputError("this is a super-resolution model: give --lowres IMAGE")
-        lr = read_image(a.lowres, size // model.f, model.image_channels, "low-resolution image")
+        lr = read_image(a.lowres, size // model.lowres_factor, model.image_channels, "low-resolution image")
         batch["lr"] = paddle.to_tensor(np.repeat(lr[None], n, 0))
     return batch, nrow
 

@@ -29,9 +29,11 @@ TASKS = {
     "layout2img_shapes": SHAPES_SMALL,
     "inpaint_shapes": SHAPES_SMALL,
     "sr_shapes": ["data.train.base.num_samples=8", "data.val.base.num_samples=4"],
+    "sr_shapes_pixel": ["data.train.base.num_samples=8", "data.val.base.num_samples=4"],
 }
 METRIC_KEYS = {"class2img_digits": "digit_acc", "uncond_digits": "fid", "txt2img_shapes": "caption_acc",
-               "layout2img_shapes": "box_iou", "inpaint_shapes": "inpaint_mae_masked", "sr_shapes": "psnr"}
+               "layout2img_shapes": "box_iou", "inpaint_shapes": "inpaint_mae_masked", "sr_shapes": "psnr",
+               "sr_shapes_pixel": "psnr"}
 
 
 @pytest.fixture(scope="module")
