@@ -79,3 +79,20 @@ def test_pixel_residual_generate_adds_the_sample_to_bicubic():
 def test_residual_needs_lowres():
     with pytest.raises(ConfigError):
         LatentDiffusion(autoencoder={"kind": "identity"}, unet=TINY_UNET, residual=True)
+
+
+def test_sr_diagnose_runs(tmp_path, capsys):
+    import os
+
+    from ppengine import load_config
+    from ppengine.checkpoint import save_weights
+    from ppengine.trainer import build_model
+    from ppldm.pipelines.sr_diagnose import main
+
+    cfg_path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "ldm", "sr_shapes_pixel.yml")
+    opts = ["data.val.base.num_samples=2"]
+    save_weights(str(tmp_path / "w.safetensors"), build_model(load_config(cfg_path, opts)))
+    assert main(["-c", cfg_path, "--weights", str(tmp_path / "w.safetensors"), "-n", "2", "--steps", "2"]
+                + [x for o in opts for x in ("-o", o)]) == 0
+    out = capsys.readouterr().out
+    assert "bicubic PSNR" in out and "first-stage reconstruction PSNR" in out and "final sample PSNR" in out
