@@ -40,7 +40,9 @@ def main(argv=None):
         def ldm():
             from ppldm.pipelines.demo import demo
 
-            return demo(os.path.join(a.output, "ldm"))
+            # Without a trained model (configs/ldm/class2img_digits.yml) the demo trains a short one:
+            # the pipeline end to end in a few CPU minutes; its samples are blurry by design.
+            return demo(os.path.join(a.output, "ldm"), quick_ae_iters=60, quick_ldm_iters=150)
         steps.append(("ppldm: latent diffusion", ldm))
     for title, fn in steps:
         t0 = time.time()
