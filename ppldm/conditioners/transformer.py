@@ -22,6 +22,9 @@ class TokenTransformer(nn.Layer):
         layer = nn.TransformerEncoderLayer(self.dim, heads, 4 * self.dim, dropout=dropout, activation="gelu",
                                            normalize_before=True)
         self.encoder = nn.TransformerEncoder(layer, depth)
+        # paddlenlp, once imported (in any order), replaces TransformerEncoder.forward with one that
+        # reads `enable_recompute`; an encoder built before that import lacks it. Set it here.
+        self.encoder.enable_recompute = False
         self.norm = nn.LayerNorm(self.dim)
 
     def forward(self, ids: paddle.Tensor, keep: paddle.Tensor = None) -> paddle.Tensor:

@@ -132,3 +132,23 @@ def test_layout_tokens_follow_the_grid():
 def test_registry_builds_conditioners():
     c = CONDITIONERS.build({"type": "ClassEmbedder", "n_classes": 4, "embed_dim": 8})
     assert c.out_dim == 8 and c.key == "label"
+
+
+def test_token_transformer_survives_paddlenlp_imported_after_it():
+    """paddlenlp patches paddle.nn.TransformerEncoder on import; an encoder built before that
+    import (the layout-to-image path through tools/train.py) must still run forward/backward."""
+    import subprocess
+    import sys
+
+    code = ("import paddle\n"
+            "from ppldm.conditioners.transformer import TokenTransformer\n"
+            "m = TokenTransformer(vocab_size=50, max_len=8)\n"
+            "import paddlenlp.transformers\n"
+            "out = m(paddle.randint(0, 50, [2, 8]))\n"
+            "out.sum().backward()\n"
+            "print('shape', list(out.shape))\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "shape [2, 8, 128]" in r.stdout
