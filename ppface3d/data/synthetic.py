@@ -111,6 +111,9 @@ class SyntheticFaces(paddle.io.Dataset):
         image_size: S.
         n_shape, n_exp, n_tex: sizes of the random codes (match the model).
         shape_std, exp_std, tex_std: standard deviations of shape / expression / albedo codes.
+        shape_components: if set, only the first this many shape coefficients vary (the rest
+            are 0); the coefficients that do vary are the same numbers as with None (the random
+            stream is unchanged). None = all ``n_shape``.
         max_yaw, max_pitch, max_roll: head-pose ranges in degrees (uniform); max_jaw: jaw
             opening in radians (uniform in [0, max_jaw]).
         scale_jitter, trans_jitter: relative camera scale and NDC translation jitter.
@@ -124,6 +127,7 @@ class SyntheticFaces(paddle.io.Dataset):
     def __init__(self, split: str = "train", num_subjects: Optional[int] = None, K: int = 1,
                  image_size: int = 224, n_shape: int = 100, n_exp: int = 50, n_tex: int = 50,
                  shape_std: float = 1.0, exp_std: float = 1.0, tex_std: float = 1.0,
+                 shape_components: Optional[int] = None,
                  max_yaw: float = 30.0, max_pitch: float = 15.0, max_roll: float = 8.0, max_jaw: float = 0.3,
                  scale_jitter: float = 0.08, trans_jitter: float = 0.05,
                  flame_model_path: Optional[str] = None, flame_landmark_path: Optional[str] = None,
@@ -136,6 +140,7 @@ class SyntheticFaces(paddle.io.Dataset):
         self.num_subjects = int(num_subjects if num_subjects is not None else _DEFAULT_SUBJECTS[split])
         self.n_shape, self.n_exp, self.n_tex = int(n_shape), int(n_exp), int(n_tex)
         self.std = dict(shape=shape_std, exp=exp_std, tex=tex_std)
+        self.shape_components = None if shape_components is None else int(shape_components)
         self.ranges = dict(yaw=max_yaw, pitch=max_pitch, roll=max_roll, jaw=max_jaw)
         self.scale_jitter, self.trans_jitter = float(scale_jitter), float(trans_jitter)
         self.model_args = dict(flame_model_path=flame_model_path, flame_landmark_path=flame_landmark_path,
@@ -174,6 +179,8 @@ class SyntheticFaces(paddle.io.Dataset):
         K = self.K
         decay = lambda n: 1.0 / np.sqrt(1.0 + np.arange(n) / 10.0)  # noqa: E731  later components vary less
         shape = rng.normal(size=self.n_shape) * self.std["shape"]  # FLAME bases already decay
+        if self.shape_components is not None:
+            shape[self.shape_components:] = 0.0
         tex = rng.normal(size=self.n_tex) * self.std["tex"]
         exp = rng.normal(size=(K, self.n_exp)) * self.std["exp"] * decay(self.n_exp) * 0.5
         deg = np.pi / 180.0

@@ -132,16 +132,18 @@ class DECALoss:
         shape_vertex: weight of a supervised loss on the neutral (zero expression and pose)
             mesh: mean vertex distance in millimetres to the ground-truth neutral mesh, used
             only when the batch carries it (synthetic data); 0 (DECA) = off.
+        shape_param: weight of a supervised loss on the shape code alone: squared error summed
+            over the predicted coefficients, averaged over images (synthetic data); 0 = off.
     """
 
     def __init__(self, lmk: float = 1.0, weighted_landmarks: bool = True, eyed: float = 1.0,
                  lipd: float = 0.5, photo: float = 2.0, id: float = 0.2, identity_net: dict = None,
                  reg_shape: float = 1e-4, reg_exp: float = 1e-4, reg_tex: float = 1e-4,
                  reg_light: float = 1.0, shape_consistency: bool = True, param: float = 0.0,
-                 shape_vertex: float = 0.0):
+                 shape_vertex: float = 0.0, shape_param: float = 0.0):
         self.w = dict(lmk=lmk, eyed=eyed, lipd=lipd, photo=photo, id=id, reg_shape=reg_shape,
                       reg_exp=reg_exp, reg_tex=reg_tex, reg_light=reg_light, param=param,
-                      shape_vertex=shape_vertex)
+                      shape_vertex=shape_vertex, shape_param=shape_param)
         self.weighted_landmarks = bool(weighted_landmarks)
         self.shape_consistency = bool(shape_consistency)
         self.identity_net = None
@@ -197,6 +199,9 @@ class DECALoss:
                     terms.append(((codes[k][:, :n] - target[k][:, :n]) ** 2).mean())
             if terms:
                 out["param"] = paddle.add_n(terms) * w["param"]
+        if w["shape_param"] > 0 and "shape" in target and "shape" in codes:
+            n = min(codes["shape"].shape[1], target["shape"].shape[1])
+            out["shape_param"] = ((codes["shape"][:, :n] - target["shape"][:, :n]) ** 2).sum(1).mean() * w["shape_param"]
         if w["shape_vertex"] > 0 and "verts_neutral" in pred and "gt_verts_neutral" in target:
             d = paddle.sqrt(((pred["verts_neutral"] - target["gt_verts_neutral"]) ** 2).sum(-1) + 1e-12)
             out["shape_vertex"] = d.mean() * 1000.0 * w["shape_vertex"]

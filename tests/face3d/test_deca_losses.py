@@ -59,6 +59,9 @@ def test_deca_loss_terms_weights_and_gradients():
     assert float(out["param"]) == pytest.approx((shape.numpy() ** 2).mean(), rel=1e-5)
     total = sum(float(v) for k, v in out.items() if k != "loss")
     assert float(out["loss"]) == pytest.approx(total, rel=1e-5)
+    # shape-code term: squared error summed over coefficients, averaged over images
+    sp = DECALoss(shape_param=2.0)(codes, pred, target)["shape_param"]
+    assert float(sp) == pytest.approx(2.0 * (shape.numpy() ** 2).sum(1).mean(), rel=1e-5)
     out["loss"].backward()
     assert shape.grad is not None and float(shape.grad.abs().sum()) > 0
 

@@ -47,6 +47,11 @@ def test_synthetic_faces_ground_truth_and_determinism(synth):
     assert not np.allclose(test.sample_codes(0)["shape"], synth.sample_codes(0)["shape"])
     with pytest.raises(ConfigError):
         SyntheticFaces(split="bogus")
+    # shape restricted to the first components: the same leading coefficients, zeros after
+    few = SyntheticFaces(split="test", num_subjects=6, K=2, image_size=S, n_shape=20, n_exp=10, n_tex=10,
+                         shape_components=5).sample_codes(0)["shape"]
+    np.testing.assert_array_equal(few[:5], test.sample_codes(0)["shape"][:5])
+    assert np.all(few[5:] == 0)
 
 
 def test_deca_forward_losses_eval_and_visuals(synth):
