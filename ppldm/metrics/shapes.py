@@ -153,53 +153,66 @@ def check_layout(image: np.ndarray, boxes: np.ndarray) -> dict:
     return {"object": hits / n, "iou": float(np.sum(ious)) / n}
 
 
+class _PerImageChecks:
+    """Accumulates one check result per generated image; subclasses name the target key, the
+    check and the summary."""
+
+    target = ""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.rows = []
+
+    def check(self, image, target):
+        raise NotImplementedError
+
+    def summarize(self, rows) -> dict:
+        raise NotImplementedError
+
+    def update(self, batch, outputs):
+        imgs = images_01(outputs["samples"]).transpose(0, 2, 3, 1)
+        targets = batch[self.target]
+        targets = targets if isinstance(targets, list) else to_np(targets)
+        for im, t in zip(imgs, targets):
+            self.rows.append(self.check(im, t))
+
+    def compute(self):
+        return self.summarize(self.rows) if self.rows else {}
+
+
 @METRICS.register()
-class ShapesCaptionAccuracy:
+class ShapesCaptionAccuracy(_PerImageChecks):
     """Text-to-image on the shapes world: mean colour / object / relation / all-correct rates of
     ``outputs['samples']`` [B, 3, H, W] in [-1, 1] against ``batch['caption']``."""
 
-    def reset(self):
-        self.rows = []
+    target = "caption"
 
-    def __init__(self):
-        self.reset()
+    def check(self, image, caption):
+        return check_caption(image, caption)
 
-    def update(self, batch, outputs):
-        imgs = images_01(outputs["samples"]).transpose(0, 2, 3, 1)
-        for im, cap in zip(imgs, batch["caption"]):
-            self.rows.append(check_caption(im, cap))
-
-    def compute(self):
-        if not self.rows:
-            return {}
-        rel = [r["relation"] for r in self.rows if r["relation"] is not None]
-        return {"color_acc": float(np.mean([r["color"] for r in self.rows])),
-                "object_acc": float(np.mean([r["object"] for r in self.rows])),
+    def summarize(self, rows):
+        rel = [r["relation"] for r in rows if r["relation"] is not None]
+        return {"color_acc": float(np.mean([r["color"] for r in rows])),
+                "object_acc": float(np.mean([r["object"] for r in rows])),
                 "relation_acc": float(np.mean(rel)) if rel else float("nan"),
-                "caption_acc": float(np.mean([r["all"] for r in self.rows]))}
+                "caption_acc": float(np.mean([r["all"] for r in rows]))}
 
 
 @METRICS.register()
-class ShapesLayoutAccuracy:
+class ShapesLayoutAccuracy(_PerImageChecks):
     """Layout-to-image on the shapes world: object accuracy and mean box IoU of
     ``outputs['samples']`` [B, 3, H, W] in [-1, 1] against ``batch['boxes']`` [B, N, 5]."""
 
-    def reset(self):
-        self.rows = []
+    target = "boxes"
 
-    def __init__(self):
-        self.reset()
+    def check(self, image, boxes):
+        return check_layout(image, boxes)
 
-    def update(self, batch, outputs):
-        imgs = images_01(outputs["samples"]).transpose(0, 2, 3, 1)
-        for im, bx in zip(imgs, to_np(batch["boxes"])):
-            self.rows.append(check_layout(im, bx))
-
-    def compute(self):
-        if not self.rows:
-            return {}
-        return {"layout_object_acc": float(np.mean([r["object"] for r in self.rows])),
-                "box_iou": float(np.mean([r["iou"] for r in self.rows]))}
+    def summarize(self, rows):
+        return {"layout_object_acc": float(np.mean([r["object"] for r in rows])),
+                "box_iou": float(np.mean([r["iou"] for r in rows]))}
 
 
 __all__ = ["detect", "check_caption", "check_layout", "parse_caption", "box_iou", "SHAPES"]

@@ -9,14 +9,7 @@ import pytest
 from ppengine.errors import CheckpointError, InputError
 from ppldm.diffusion import make_scheduler, sample
 from ppldm.interop import load_autoencoder, load_unet, save_autoencoder, save_unet
-
-
-def randomize(model, seed):
-    rng = np.random.RandomState(seed)
-    model.set_state_dict({k: paddle.to_tensor(rng.standard_normal(v.shape).astype("float32") * 0.1)
-                          for k, v in model.state_dict().items()})
-    model.eval()
-    return model
+from random_weights import randomize
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,9 @@ import paddle
 import pytest
 
 from ppengine.errors import InputError
+from random_weights import randomize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def randomize(model, seed):
-    rng = np.random.RandomState(seed)
-    model.set_state_dict({k: paddle.to_tensor(rng.standard_normal(v.shape).astype("float32") * 0.1)
-                          for k, v in model.state_dict().items()})
-    model.eval()
-    return model
 
 
 def write_byte_level_tokenizer(folder):

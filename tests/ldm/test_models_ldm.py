@@ -5,6 +5,7 @@ import pytest
 
 from ppengine.errors import ConfigError, InputError
 from ppldm.models import Attention, AutoencoderKL, DiagonalGaussian, UNet, VQModel, set_attention_type
+from random_weights import randomize as _randomize
 
 
 def small_unet(**kw):
@@ -15,10 +16,7 @@ def small_unet(**kw):
 
 
 def randomize(model, seed=0, scale=0.2):
-    rng = np.random.RandomState(seed)
-    model.set_state_dict({k: paddle.to_tensor(rng.standard_normal(v.shape).astype("float32") * scale)
-                          for k, v in model.state_dict().items()})
-    return model
+    return _randomize(model, seed, scale, eval=False)
 
 
 def np_attention(x, ctx, wq, wk, wv, wo, bo, heads):
