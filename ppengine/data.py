@@ -29,7 +29,7 @@ def collate(samples):
 
 
 class _FixedBatches(paddle.io.BatchSampler):
-    def __init__(self, batches):  # noqa: no super().__init__: a fixed list of index batches
+    def __init__(self, batches):  # a fixed list of index batches; BatchSampler.__init__ not needed
         self.batches = batches
 
     def __iter__(self):

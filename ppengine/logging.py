@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -83,16 +82,3 @@ def progress(total: int, initial: int = 0, enabled: bool = True, desc: str = "tr
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, dynamic_ncols=True,
                 mininterval=0.5, file=sys.stderr, leave=leave)
-
-
-class Throughput:
-    def __init__(self):
-        self.t0 = time.time()
-        self.n = 0
-
-    def tick(self, n=1):
-        self.n += n
-
-    def rate(self):
-        dt = time.time() - self.t0
-        return self.n / dt if dt > 0 else 0.0

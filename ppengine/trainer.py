@@ -13,7 +13,7 @@ import math
 import os
 import random
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import paddle
@@ -355,7 +355,6 @@ class Trainer:
                 bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4g}", lr=f"{lr:.3g}")
                 if self.step % max(1, int(tc["log_interval"])) == 0 or self.step == max_iters:
                     self.logger.scalars({**logs, "lr": lr}, self.step, "train/")
-                    rate = self.step / max(1e-9, time.time() - t0)
                     self.logger.info(f"step {self.step}/{max_iters} " +
                                      " ".join(f"{k}={v:.5g}" for k, v in logs.items()) + f" lr={lr:.4g}")
                 self._callbacks("on_step_end", self.step, logs)

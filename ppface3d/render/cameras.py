@@ -6,7 +6,7 @@ z = depth, smaller closer).
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 import paddle

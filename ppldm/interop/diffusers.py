@@ -43,7 +43,6 @@ def unet_kwargs_from_diffusers(cfg: dict, folder: str = "") -> dict:
     """Translate a diffusers ``UNet2DConditionModel`` config into :class:`ppldm.models.UNet` kwargs."""
     down = list(cfg.get("down_block_types", []))
     up = list(cfg.get("up_block_types", []))
-    n = len(down)
     for t in down:
         if t not in ("CrossAttnDownBlock2D", "DownBlock2D"):
             _unsupported(folder, "down_block_types", t, "CrossAttnDownBlock2D, DownBlock2D")
