@@ -61,6 +61,8 @@ class DECA(nn.Layer):
         n_shape, n_tex, n_exp, n_pose, n_cam, n_light: code sizes (DECA: 100, 50, 50, 6, 3, 27).
         encoder_depth: ResNet depth (DECA 50; 18 for CPU).
         encoder_hidden: MLP head width.
+        encoder_width: channels of the first ResNet stage (64 = standard; 16 on a CPU).
+        encoder_pool: 'avg' (DECA) or 'flatten' (keeps the feature map's layout; see ResNetEncoder).
         encoder_weights: optional ResNet trunk weights path.
         image_size: input crop and render size S.
         uv_size: albedo texture size.
@@ -72,7 +74,8 @@ class DECA(nn.Layer):
 
     def __init__(self, n_shape: int = 100, n_tex: int = 50, n_exp: int = 50, n_pose: int = 6,
                  n_cam: int = 3, n_light: int = 27, encoder_depth: int = 18, encoder_hidden: int = 512,
-                 encoder_weights: Optional[str] = None, image_size: int = 224, uv_size: int = 64,
+                 encoder_weights: Optional[str] = None, encoder_width: int = 64, encoder_pool: str = "avg",
+                 image_size: int = 224, uv_size: int = 64,
                  flame_model_path: Optional[str] = None, flame_landmark_path: Optional[str] = None,
                  albedo_path: Optional[str] = None, albedo_seed: int = 0, render_backend: str = "auto",
                  loss: Optional[dict] = None):
@@ -98,7 +101,8 @@ class DECA(nn.Layer):
         cam0 = framing_camera(self._mean_lmk)
         self.encoder = ResNetEncoder(self.code_sizes, depth=encoder_depth, hidden=encoder_hidden,
                                      cam_init=tuple(cam0.tolist()), light_init=sh_ambient(1.0).reshape(-1),
-                                     pretrained=encoder_weights)
+                                     pretrained=encoder_weights, width=encoder_width, pool=encoder_pool,
+                                     image_size=self.image_size)
         self.loss_fn = LOSSES.build(loss or {"type": "DECALoss"}, key_path="model.loss")
 
     # ------------------------------------------------------------------ pieces

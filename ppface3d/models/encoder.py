@@ -16,6 +16,31 @@ import paddle.nn as nn
 from ppengine.errors import ConfigError
 
 _DEPTHS = {18: "basic", 34: "basic", 50: "bottleneck", 101: "bottleneck", 152: "bottleneck"}
+_POOLS = ("avg", "flatten")
+
+
+def resnet_trunk(depth: int, width: int = 64) -> nn.Layer:
+    """A ResNet trunk (no pooling, no classifier) built from ``paddle.vision``'s blocks.
+
+    ``width`` is the first stage's channel count (stages: width x 1, 2, 4, 8). With 64 this is
+    ``paddle.vision.models.ResNet(..., num_classes=0, with_pool=False)`` itself, so ImageNet
+    weights load by name; narrower trunks (e.g. 16) cost about ``(64 / width)^2`` times less
+    and are what a CPU run can afford.
+    """
+    from paddle.vision.models import resnet
+
+    block = resnet.BasicBlock if _DEPTHS[depth] == "basic" else resnet.BottleneckBlock
+    net = resnet.ResNet(block, depth, num_classes=0, with_pool=False)
+    if width == 64:
+        return net
+    # Same layout and parameter names as paddle's ResNet, other channel counts.
+    net.inplanes = width
+    net.conv1 = nn.Conv2D(3, width, kernel_size=7, stride=2, padding=3, bias_attr=False)
+    net.bn1 = nn.BatchNorm2D(width)
+    counts = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}[depth]
+    for i, n in enumerate(counts):
+        setattr(net, f"layer{i + 1}", net._make_layer(block, width * 2 ** i, n, stride=1 if i == 0 else 2))
+    return net
 
 # ImageNet statistics: the usual input normalisation for ResNet trunks (so ImageNet weights,
 # given by path, work as-is).
@@ -36,20 +61,32 @@ class ResNetEncoder(nn.Layer):
         cam_init: camera (s, tx, ty) the encoder predicts at initialisation (added as a bias).
         light_init: (27,) light code at initialisation (e.g. a white ambient light), or None.
         pretrained: optional path to ResNet trunk weights (.pdparams / safetensors).
+        width: channels of the first ResNet stage (64 = the standard ResNet; 16 for CPU runs).
+        pool: 'avg' (global average pooling, as DECA) or 'flatten' (the last feature map is
+            flattened, keeping where things are: learns face geometry from far fewer images;
+            needs a fixed ``image_size``).
+        image_size: input side (only needed for ``pool='flatten'``).
     """
 
     def __init__(self, code_sizes: Dict[str, int], depth: int = 18, hidden: int = 512,
-                 init_scale: float = 0.1, cam_init=(8.0, 0.0, 0.0), light_init=None, pretrained: str = None):
+                 init_scale: float = 0.1, cam_init=(8.0, 0.0, 0.0), light_init=None, pretrained: str = None,
+                 width: int = 64, pool: str = "avg", image_size: int = 224):
         super().__init__()
-        from paddle.vision.models import resnet
-
         if depth not in _DEPTHS:
             raise ConfigError(f"model.encoder_depth: ResNet depth {depth} is not available; "
                               f"use one of {sorted(_DEPTHS)}")
-        block = resnet.BasicBlock if _DEPTHS[depth] == "basic" else resnet.BottleneckBlock
+        if pool not in _POOLS:
+            raise ConfigError(f"model.encoder_pool: {pool!r} is not one of {list(_POOLS)}")
+        if int(width) < 4:
+            raise ConfigError(f"model.encoder_width: {width} is too small; use 16..64")
+        expansion = 1 if _DEPTHS[depth] == "basic" else 4
         self.code_sizes = OrderedDict((k, int(v)) for k, v in code_sizes.items())
-        self.backbone = resnet.ResNet(block, depth, num_classes=0, with_pool=True)
-        feat = 512 * block.expansion
+        self.backbone = resnet_trunk(depth, int(width))
+        self.pool = pool
+        feat = 8 * int(width) * expansion
+        if pool == "flatten":
+            side = -(-int(image_size) // 32)  # the trunk's output side (stride 32, rounded up)
+            feat *= side * side
         out = sum(self.code_sizes.values())
         self.head = nn.Sequential(nn.Linear(feat, hidden), nn.ReLU(), nn.Linear(hidden, out))
         last = self.head[2]
@@ -89,7 +126,8 @@ class ResNetEncoder(nn.Layer):
     def forward(self, images: paddle.Tensor) -> Dict[str, paddle.Tensor]:
         """images (B, 3, H, W) in [0, 1] -> dict of codes, each (B, n) ('light': (B, 9, 3))."""
         x = (images - self.mean) / self.std
-        feat = self.backbone(x).flatten(1)
+        feat = self.backbone(x)
+        feat = feat.mean([2, 3]) if self.pool == "avg" else feat.flatten(1)
         params = self.head(feat)
         out, off = {}, 0
         for k, n in self.code_sizes.items():

@@ -132,3 +132,33 @@ def test_short_training_improves_eval_metric(tmp_path):
     after = Trainer(cfg, output=str(tmp_path / "eval")).evaluate()
     assert after["lmk_nme"] < 0.8 * before["lmk_nme"], (before, after)
     assert (tmp_path / "run" / "final.safetensors").exists()
+
+
+def test_encoder_width_and_pool_options():
+    from paddle.vision.models import resnet
+
+    from ppface3d.models import ResNetEncoder
+
+    sizes = {"shape": 10, "cam": 3}
+    # width 64 is paddle's own ResNet: same parameter names and shapes (ImageNet weights load by name)
+    std = ResNetEncoder(sizes, depth=18)
+    ref = resnet.ResNet(resnet.BasicBlock, 18, num_classes=0, with_pool=False).state_dict()
+    got = std.backbone.state_dict()
+    assert sorted(got) == sorted(ref) and all(list(got[k].shape) == list(ref[k].shape) for k in ref)
+    # a narrow trunk keeps the layout with width x (1, 2, 4, 8) channels and ~1/16 of the parameters
+    narrow = ResNetEncoder(sizes, depth=18, width=16, pool="flatten", image_size=96)
+    nb = narrow.backbone.state_dict()
+    assert sorted(nb) == sorted(ref)
+    assert nb["conv1.weight"].shape == [16, 3, 7, 7] and nb["layer4.1.conv2.weight"].shape == [128, 128, 3, 3]
+    n_std = sum(int(np.prod(v.shape)) for v in got.values())
+    n_nar = sum(int(np.prod(v.shape)) for v in nb.values())
+    assert n_nar < n_std / 12
+    # 'flatten' keeps where features are: the head reads the whole 3x3 map of a 96 input
+    assert narrow.head[0].weight.shape[0] == 128 * 3 * 3
+    x = paddle.rand([2, 3, 96, 96])
+    out = narrow(x)
+    assert out["shape"].shape == [2, 10] and out["cam"].shape == [2, 3]
+    with pytest.raises(ConfigError, match="encoder_pool"):
+        ResNetEncoder(sizes, depth=18, pool="max")
+    with pytest.raises(ConfigError, match="encoder_width"):
+        ResNetEncoder(sizes, depth=18, width=2)
