@@ -162,3 +162,21 @@ def test_encoder_width_and_pool_options():
         ResNetEncoder(sizes, depth=18, pool="max")
     with pytest.raises(ConfigError, match="encoder_width"):
         ResNetEncoder(sizes, depth=18, width=2)
+
+
+def test_shape_diagnose_landmarks_match_the_dataset():
+    """The landmark-bound diagnostic recomputes exactly the dataset's ground-truth landmarks."""
+    from ppface3d.apps.shape_diagnose import landmark_sets, normalise
+    from ppface3d.data import SyntheticFaces
+
+    ds = SyntheticFaces(split="test", num_subjects=2, K=2, image_size=32, n_shape=20, n_exp=10, n_tex=10,
+                        shape_components=5)
+    L, S = landmark_sets(ds, 2)
+    assert L.shape == (4, 68, 2) and S.shape == (4, 20)
+    for i in range(2):
+        np.testing.assert_allclose(L[2 * i:2 * i + 2], ds[i]["landmark"][..., :2], atol=1e-5)
+        np.testing.assert_array_equal(S[2 * i], ds[i]["shape"])
+    # normalisation removes translation and scale, nothing else
+    moved = L * 3.0 + np.array([0.2, -0.1])
+    np.testing.assert_allclose(normalise(moved), normalise(L), atol=1e-6)
+    assert not np.allclose(normalise(L[:1]), normalise(L[1:2]))
