@@ -19,7 +19,6 @@ from ppengine.errors import InputError
 
 from ..data.preprocess import FaceCrop, landmark_face_mask, paste_back
 from ..models.deca import draw_landmarks, sh_ambient
-from . import export
 
 CODE_KEYS = ("shape", "tex", "exp", "pose", "cam", "light")
 
