@@ -100,19 +100,34 @@ class SuperResQuality:
 @METRICS.register()
 class ReconstructionQuality:
     """Autoencoder reconstructions ``outputs['samples']`` vs ``batch['image']`` (both [-1, 1]):
-    ``psnr`` (dB, on [0, 1] pixels, mean over images) and ``mae``."""
+    ``psnr`` (dB, on [0, 1] pixels, mean over images) and ``mae``. When the batch carries
+    shapes-world captions, also ``caption_acc``: the fraction of reconstructions the shapes
+    checker reads fully right, and ``caption_acc_original``, the same on the input images."""
 
     def __init__(self):
         self.reset()
 
     def reset(self):
         self.psnrs, self.maes = [], []
+        self.read, self.read_orig = [], []
 
     def update(self, batch, outputs):
         g, r = images_01(outputs["samples"]), images_01(batch["image"])
         mse = ((g - r) ** 2).reshape(len(g), -1).mean(1)
         self.psnrs.extend((10 * np.log10(1.0 / np.maximum(mse, 1e-10))).tolist())
         self.maes.extend(np.abs(g - r).reshape(len(g), -1).mean(1).tolist())
+        captions = batch.get("caption")
+        if captions is not None and len(captions) == len(g):
+            from .shapes import check_caption
+
+            for gi, ri, c in zip(g, r, captions):
+                self.read.append(check_caption(gi.transpose(1, 2, 0), str(c))["all"])
+                self.read_orig.append(check_caption(ri.transpose(1, 2, 0), str(c))["all"])
 
     def compute(self):
-        return {"psnr": float(np.mean(self.psnrs)), "mae": float(np.mean(self.maes))} if self.psnrs else {}
+        if not self.psnrs:
+            return {}
+        out = {"psnr": float(np.mean(self.psnrs)), "mae": float(np.mean(self.maes))}
+        if self.read:
+            out.update(caption_acc=float(np.mean(self.read)), caption_acc_original=float(np.mean(self.read_orig)))
+        return out

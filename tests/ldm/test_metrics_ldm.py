@@ -110,3 +110,15 @@ def test_reconstruction_quality():
     m = ReconstructionQuality()
     m.update({"image": x}, {"samples": x + 0.2})  # 0.1 error on [0, 1] pixels -> 20 dB
     assert m.compute()["psnr"] == pytest.approx(20.0, abs=1e-3) and m.compute()["mae"] == pytest.approx(0.1)
+    assert "caption_acc" not in m.compute()
+    # with shapes-world captions: exact reconstructions are read like the originals, a flat
+    # grey reconstruction is read as nothing
+    ds = ShapesWorld("val", size=32, num_samples=6)
+    batch = {"image": np.stack([ds[i]["image"] for i in range(6)]), "caption": [ds[i]["caption"] for i in range(6)]}
+    m = ReconstructionQuality()
+    m.update(batch, {"samples": batch["image"].copy()})
+    r = m.compute()
+    assert r["caption_acc"] == r["caption_acc_original"] > 0.8
+    m = ReconstructionQuality()
+    m.update(batch, {"samples": np.zeros_like(batch["image"])})
+    assert m.compute()["caption_acc"] == 0.0 and m.compute()["caption_acc_original"] > 0.8
