@@ -102,7 +102,8 @@ class ReconstructionQuality:
     """Autoencoder reconstructions ``outputs['samples']`` vs ``batch['image']`` (both [-1, 1]):
     ``psnr`` (dB, on [0, 1] pixels, mean over images) and ``mae``. When the batch carries
     shapes-world captions, also ``caption_acc``: the fraction of reconstructions the shapes
-    checker reads fully right, and ``caption_acc_original``, the same on the input images."""
+    checker reads fully right, and ``caption_acc_original``, the same on the input images
+    (other captions, e.g. free text from a user's JSONL, are ignored)."""
 
     def __init__(self):
         self.reset()
@@ -118,9 +119,11 @@ class ReconstructionQuality:
         self.maes.extend(np.abs(g - r).reshape(len(g), -1).mean(1).tolist())
         captions = batch.get("caption")
         if captions is not None and len(captions) == len(g):
-            from .shapes import check_caption
+            from .shapes import check_caption, parse_caption
 
             for gi, ri, c in zip(g, r, captions):
+                if parse_caption(str(c))[0] is None:
+                    continue
                 self.read.append(check_caption(gi.transpose(1, 2, 0), str(c))["all"])
                 self.read_orig.append(check_caption(ri.transpose(1, 2, 0), str(c))["all"])
 

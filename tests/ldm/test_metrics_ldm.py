@@ -122,3 +122,7 @@ def test_reconstruction_quality():
     m = ReconstructionQuality()
     m.update(batch, {"samples": np.zeros_like(batch["image"])})
     assert m.compute()["caption_acc"] == 0.0 and m.compute()["caption_acc_original"] > 0.8
+    # free-text captions (a user's own data) are not shapes-world captions: no readability score
+    m = ReconstructionQuality()
+    m.update(dict(batch, caption=["a photo of my cat"] * 6), {"samples": batch["image"].copy()})
+    assert "caption_acc" not in m.compute() and m.compute()["psnr"] > 90
