@@ -25,23 +25,15 @@ def landmark_sets(ds, n: int):
     """(n*K, 68, 2) screen-NDC landmarks and (n*K, n_shape) shapes of ``ds``'s first n subjects."""
     import paddle
 
-    from ..models.deca import framing_camera
     from ..render import OrthographicCamera
 
-    flame = ds._parts()[0]
     L, S = [], []
-    t = paddle.to_tensor
     with paddle.no_grad():
         for i in range(n):
             c = ds.sample_codes(i)
-            K = c["exp"].shape[0]
-            fo = flame(shape=t(np.tile(c["shape"][None], (K, 1))), expression=t(c["exp"]),
-                       global_pose=t(c["pose"][:, :3]), jaw_pose=t(c["pose"][:, 3:]))
-            cam = framing_camera(fo.landmarks.numpy())
-            cam[:, 0] *= c["jitter"]["scale"]
-            cam[:, 1:] += c["jitter"]["trans"] / cam[:, :1]
-            L.append(OrthographicCamera(t(cam)).project(fo.landmarks).numpy())
-            S.append(np.tile(c["shape"][None], (K, 1)))
+            fo, cam = ds.posed(c)
+            L.append(OrthographicCamera(paddle.to_tensor(cam)).project(fo.landmarks).numpy())
+            S.append(np.tile(c["shape"][None], (len(cam), 1)))
     return np.concatenate(L), np.concatenate(S)
 
 
@@ -56,7 +48,9 @@ def s2m_ratio(flame, test, shapes: np.ndarray) -> Dict[str, float]:
     import paddle
 
     from ..losses.metrics import FaceReconstructionMetric
+    from ..models.deca import DECA
 
+    lm = DECA._lmk68
     metric = FaceReconstructionMetric(icp_iters=2)
     t = paddle.to_tensor
     with paddle.no_grad():
@@ -64,7 +58,6 @@ def s2m_ratio(flame, test, shapes: np.ndarray) -> Dict[str, float]:
         for i in range(len(shapes)):
             s = test[i]
             pred = flame(shape=t(shapes[i:i + 1].astype(np.float32)))
-            lm = lambda o: o.landmarks_full68 if o.landmarks_full68 is not None else o.landmarks  # noqa: E731
             metric.update({"gt_verts_neutral": s["gt_verts_neutral"][:1], "gt_lmk3d_neutral": s["gt_lmk3d_neutral"][:1],
                            "landmark": s["landmark"][:1]},
                           {"verts_neutral": pred.vertices, "lmk3d_neutral": lm(pred), "faces": flame.faces,

@@ -201,21 +201,32 @@ class SyntheticFaces(paddle.io.Dataset):
         return dict(shape=f32(shape), tex=f32(tex), exp=f32(exp), pose=f32(pose), light=f32(light), jitter=jit)
 
     @paddle.no_grad()
-    def _generate(self, i: int) -> dict:
+    def posed(self, c: Dict[str, np.ndarray]):
+        """The K posed FLAME outputs of codes ``c`` (from :meth:`sample_codes`) and their
+        jittered DECA-crop cameras (K, 3) (numpy); no rendering."""
         from ..models.deca import framing_camera
+
+        flame = self._parts()[0]
+        t = paddle.to_tensor
+        shape = t(np.tile(c["shape"][None], (self.K, 1)))
+        fo = flame(shape=shape, expression=t(c["exp"]), global_pose=t(c["pose"][:, :3]), jaw_pose=t(c["pose"][:, 3:]))
+        cam = framing_camera(fo.landmarks.numpy())
+        j = c["jitter"]
+        cam[:, 0] *= j["scale"]
+        cam[:, 1:] += j["trans"] / cam[:, :1]
+        return fo, cam
+
+    @paddle.no_grad()
+    def _generate(self, i: int) -> dict:
+        from ..models.deca import DECA
         from ..render import OrthographicCamera
 
         flame, albedo_model, renderer, photos = self._parts()
         c = self.sample_codes(i)
         K = self.K
         t = paddle.to_tensor
-        shape = t(np.tile(c["shape"][None], (K, 1)))
-        fo = flame(shape=shape, expression=t(c["exp"]), global_pose=t(c["pose"][:, :3]), jaw_pose=t(c["pose"][:, 3:]))
-        lmk3d = fo.landmarks.numpy()
-        cam = framing_camera(lmk3d)
         j = c["jitter"]
-        cam[:, 0] *= j["scale"]
-        cam[:, 1:] += j["trans"] / cam[:, :1]
+        fo, cam = self.posed(c)
         camera = OrthographicCamera(t(cam))
         alb = albedo_model(t(c["tex"][None])).expand([K, 3, albedo_model.uv_size, albedo_model.uv_size])
         bgs = np.stack([make_background(np.random.default_rng(int(s)), self.S, photos) for s in j["bg_seed"]])
@@ -226,7 +237,7 @@ class SyntheticFaces(paddle.io.Dataset):
         img = np.clip(img, 0, 1)
         lmk2d = camera.project(fo.landmarks).numpy()
         neutral = flame(shape=t(c["shape"][None]))
-        lm_n = neutral.landmarks_full68 if neutral.landmarks_full68 is not None else neutral.landmarks
+        lm_n = DECA._lmk68(neutral)
         return {
             "image": (img * 255 + 0.5).astype(np.uint8),
             "landmark": np.concatenate([lmk2d, np.ones((K, 68, 1), np.float32)], -1).astype(np.float32),
