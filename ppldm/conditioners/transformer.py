@@ -27,9 +27,12 @@ class TokenTransformer(nn.Layer):
         self.encoder.enable_recompute = False
         self.norm = nn.LayerNorm(self.dim)
 
-    def forward(self, ids: paddle.Tensor, keep: paddle.Tensor = None) -> paddle.Tensor:
+    def forward(self, ids: paddle.Tensor, keep: paddle.Tensor = None, extra: paddle.Tensor = None) -> paddle.Tensor:
+        """``extra`` [B, L, dim]: added to the token + position embeddings (fixed codes of a token's meaning)."""
         L = ids.shape[1]
         x = self.token_emb(ids) + self.pos_emb[:, :L]
+        if extra is not None:
+            x = x + extra.astype(x.dtype)
         mask = None
         if keep is not None:
             # additive attention mask [B, 1, 1, L]: 0 for real tokens, -1e4 for padding

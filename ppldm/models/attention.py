@@ -12,11 +12,14 @@ Switch a built model with :func:`set_attention_type`.
 """
 from __future__ import annotations
 
+import math
+
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
 ATTENTION_TYPES = ("standard", "split_einsum")
+POSITION_ENCODINGS = (None, "sincos")
 
 
 def _check_type(attention_type: str) -> str:
@@ -150,22 +153,55 @@ class BasicTransformerBlock(nn.Layer):
         return self.ff(self.norm3(x)) + x
 
 
+def sincos_2d(height: int, width: int, dim: int) -> paddle.Tensor:
+    """Fixed 2D sinusoidal position encoding of a ``height`` x ``width`` map: (height*width, dim),
+    row-major like the tokens of :class:`SpatialTransformer`.
+
+    Positions are the cell centres as fractions of the map, ``(i + 0.5) / height``, so the same
+    place of the image gets the same low-frequency codes at every resolution level. A quarter of
+    the channels each: sin and cos of x and of y at ``dim // 4`` frequencies, geometric from pi (one
+    half-period over the whole map) to pi * max(height, width) / 2 (a half-period of two pixels:
+    higher ones alias on the pixel grid); channels beyond ``4 * (dim // 4)`` are zero.
+    """
+    q = dim // 4
+    if q < 1:
+        from ppengine.errors import ConfigError
+
+        raise ConfigError(f"sincos position encoding needs at least 4 channels, got {dim}")
+    top = float(max(height, width, 2)) / 2
+    freqs = math.pi * top ** (paddle.arange(q, dtype="float32") / max(q - 1, 1))            # (q,)
+    ys = (paddle.arange(height, dtype="float32") + 0.5) / height
+    xs = (paddle.arange(width, dtype="float32") + 0.5) / width
+    ay = ys.unsqueeze(1) * freqs.unsqueeze(0)                                                  # (H, q)
+    ax = xs.unsqueeze(1) * freqs.unsqueeze(0)                                                  # (W, q)
+    ey = paddle.concat([paddle.sin(ay), paddle.cos(ay)], axis=1).unsqueeze(1).expand([height, width, 2 * q])
+    ex = paddle.concat([paddle.sin(ax), paddle.cos(ax)], axis=1).unsqueeze(0).expand([height, width, 2 * q])
+    pe = paddle.concat([ex, ey], axis=2).reshape([height * width, 4 * q])
+    if dim > 4 * q:
+        pe = paddle.concat([pe, paddle.zeros([height * width, dim - 4 * q], pe.dtype)], axis=1)
+    return pe
+
+
 class SpatialTransformer(nn.Layer):
     """Transformer over the pixels of a feature map (diffusers' ``Transformer2DModel``).
 
     GroupNorm, ``proj_in`` (Linear on tokens, or 1x1 conv on the map when
     ``use_linear_projection=False``), ``depth`` transformer blocks, ``proj_out``, residual.
     Without ``context`` (or ``context_dim=None``) the second attention attends to the map itself.
+    ``position_encoding="sincos"`` adds :func:`sincos_2d` to the tokens after ``proj_in``, so the
+    queries and keys know where each pixel is (None, the default: no encoding, as in SD).
 
     Shapes: x (B, C, H, W), context (B, M, context_dim) -> (B, C, H, W).
     """
 
     def __init__(self, channels: int, heads: int, dim_head: int, depth: int = 1,
                  context_dim: int = None, use_linear_projection: bool = True, groups: int = 32,
-                 dropout: float = 0.0, attention_type: str = "standard"):
+                 dropout: float = 0.0, attention_type: str = "standard", position_encoding: str = None):
         super().__init__()
         inner = heads * dim_head
         self.use_linear_projection = use_linear_projection
+        self.position_encoding = _check_position_encoding(position_encoding)
+        self._pe_cache = {}
         self.norm = nn.GroupNorm(groups, channels, epsilon=1e-6)
         if use_linear_projection:
             self.proj_in = nn.Linear(channels, inner)
@@ -186,6 +222,8 @@ class SpatialTransformer(nn.Layer):
         h = h.flatten(2).transpose([0, 2, 1])                # (B, H*W, C)
         if self.use_linear_projection:
             h = self.proj_in(h)
+        if self.position_encoding is not None:
+            h = h + self._position(hgt, wid, h.shape[-1]).astype(h.dtype)
         for block in self.transformer_blocks:
             h = block(h, context)
         if self.use_linear_projection:
@@ -196,6 +234,25 @@ class SpatialTransformer(nn.Layer):
         if not self.use_linear_projection:
             h = self.proj_out(h)
         return h + residual
+
+
+    def _position(self, hgt, wid, dim):
+        if not isinstance(hgt, int) or not isinstance(wid, int) or hgt < 0 or wid < 0:
+            from ppengine.errors import InputError
+
+            raise InputError("SpatialTransformer: the position encoding needs a static feature-map size")
+        key = (hgt, wid, dim)
+        if key not in self._pe_cache:
+            self._pe_cache[key] = sincos_2d(hgt, wid, dim)
+        return self._pe_cache[key]
+
+
+def _check_position_encoding(position_encoding):
+    if position_encoding not in POSITION_ENCODINGS:
+        from ppengine.errors import ConfigError
+
+        raise ConfigError(f"position_encoding must be one of {POSITION_ENCODINGS}, got {position_encoding!r}")
+    return position_encoding
 
 
 def set_attention_type(model: nn.Layer, attention_type: str) -> nn.Layer:

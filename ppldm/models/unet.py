@@ -70,6 +70,9 @@ class UNet(nn.Layer):
         attention_type: ``"standard"`` or ``"split_einsum"`` (ANE form, same numbers).
         norm_groups, norm_eps: GroupNorm settings; dropout: in residual blocks and attention.
         flip_sin_to_cos, freq_shift: timestep-embedding convention (SD: True, 0).
+        position_encoding: None (SD) or ``"sincos"``: every SpatialTransformer adds a fixed 2D
+            sinusoidal encoding of the pixel position (as a fraction of the map) to its tokens,
+            so cross-attention queries know where they are (layouts, "left of"). No parameters.
 
     Forward shapes:
         x (B, in_channels, H, W), t (B,) or scalar, context (B, M, context_dim),
@@ -84,7 +87,8 @@ class UNet(nn.Layer):
                  transformer_depth: Union[int, Sequence[int]] = 1, context_dim: Optional[int] = 1024,
                  use_linear_projection: bool = True, num_classes: Optional[int] = None,
                  attention_type: str = "standard", norm_groups: int = 32, norm_eps: float = 1e-5,
-                 dropout: float = 0.0, flip_sin_to_cos: bool = True, freq_shift: float = 0.0):
+                 dropout: float = 0.0, flip_sin_to_cos: bool = True, freq_shift: float = 0.0,
+                 position_encoding: Optional[str] = None):
         super().__init__()
         _check_type(attention_type)
         if num_heads is None and head_channels is None:
@@ -100,7 +104,7 @@ class UNet(nn.Layer):
             head_channels=head_channels, transformer_depth=transformer_depth, context_dim=context_dim,
             use_linear_projection=use_linear_projection, num_classes=num_classes,
             attention_type=attention_type, norm_groups=norm_groups, norm_eps=norm_eps, dropout=dropout,
-            flip_sin_to_cos=flip_sin_to_cos, freq_shift=freq_shift)
+            flip_sin_to_cos=flip_sin_to_cos, freq_shift=freq_shift, position_encoding=position_encoding)
         self.in_channels, self.out_channels, self.concat_channels = in_channels, out_channels, concat_channels
         self.context_dim = context_dim
         self.num_levels = n
@@ -119,7 +123,8 @@ class UNet(nn.Layer):
         def attn(level):
             heads, dh = heads_of(level)
             return SpatialTransformer(block_channels[level], heads, dh, depths[level], context_dim,
-                                      use_linear_projection, norm_groups, dropout, attention_type)
+                                      use_linear_projection, norm_groups, dropout, attention_type,
+                                      position_encoding)
 
         def res(cin, cout):
             return ResnetBlock(cin, cout, temb, norm_groups, norm_eps, dropout)

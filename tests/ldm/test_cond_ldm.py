@@ -6,7 +6,7 @@ import numpy as np
 import paddle
 import pytest
 
-from ppengine.errors import InputError
+from ppengine.errors import ConfigError, InputError
 from ppldm.conditioners import (CONDITIONERS, ClassEmbedder, LayoutEmbedder, MiniLMEncoder, TextTransformer,
                                 tokenize_boxes)
 from ppldm.conditioners.text import minilm_dir
@@ -127,6 +127,29 @@ def test_layout_tokens_follow_the_grid():
     np.testing.assert_allclose(ctx.numpy(), le(b).numpy(), atol=1e-6)
     null = le(b, drop=np.array([True])).numpy()
     np.testing.assert_allclose(null, le(le.null(1)).numpy(), atol=1e-6)
+
+
+def test_layout_coord_encoding_option():
+    from ppldm.conditioners.layout import cell_sincos
+
+    table = cell_sincos(9, 16)
+    # cell r*9+c sits at (c, r)/8: channel 0 is sin(pi x), channel 8 sin(pi y)
+    np.testing.assert_allclose(table[1 * 9 + 4, 0], np.sin(np.pi * 0.5), atol=1e-6)
+    np.testing.assert_allclose(table[6 * 9 + 0, 8], np.sin(np.pi * 0.75), atol=1e-6)
+    d = lambda i, j: float(((table[i] - table[j]) ** 2).sum())  # noqa: E731
+    # along a row and a column from cell (0, 0): farther cells have farther codes (up to 4 cells)
+    assert all(d(0, k) < d(0, k + 1) for k in range(4)) and all(d(0, 9 * k) < d(0, 9 * k + 9) for k in range(4))
+    paddle.seed(0)
+    off = LayoutEmbedder(18, max_objects=2, grid=5, dim=16, depth=1, heads=2)
+    on = LayoutEmbedder(18, max_objects=2, grid=5, dim=16, depth=1, heads=2, coord_encoding="sincos")
+    assert sorted(on.state_dict()) == sorted(off.state_dict())   # the fixed table is not saved
+    on.set_state_dict(off.state_dict())
+    b = np.array([[[4, 0.0, 0.0, 0.5, 0.5], [2, 0.5, 0.25, 0.75, 1.0]]], np.float32)
+    assert float((on(b) - off(b)).abs().max()) > 1e-2
+    # the null layout (pad tokens only) is unchanged by the option
+    np.testing.assert_allclose(on(on.null(1)).numpy(), off(off.null(1)).numpy(), atol=1e-6)
+    with pytest.raises(ConfigError, match="coord_encoding"):
+        LayoutEmbedder(18, coord_encoding="learned")
 
 
 def test_registry_builds_conditioners():

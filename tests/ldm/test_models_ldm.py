@@ -101,6 +101,55 @@ def test_unet_traces_with_to_static():
     np.testing.assert_allclose(static(x, t, c).numpy(), eager, atol=1e-5)
 
 
+def test_sincos_2d_against_numpy():
+    from ppldm.models.attention import sincos_2d
+
+    h, w, dim = 4, 8, 18                       # 4 frequencies x (sin, cos) x (x, y) + 2 zero channels
+    pe = sincos_2d(h, w, dim).numpy()
+    freqs = np.pi * 4.0 ** (np.arange(4) / 3)       # pi .. pi * max(h, w) / 2
+    ys, xs = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
+    ax, ay = xs.reshape(-1, 1) * freqs, ys.reshape(-1, 1) * freqs
+    ref = np.concatenate([np.sin(ax), np.cos(ax), np.sin(ay), np.cos(ay), np.zeros((h * w, 2))], 1)
+    np.testing.assert_allclose(pe, ref, atol=1e-5)
+    d = ((pe[:, None] - pe[None]) ** 2).sum(-1)
+    assert d[~np.eye(h * w, dtype=bool)].min() > 0.1         # every position has its own code
+
+
+def test_unet_position_encoding_option():
+    paddle.seed(0)
+    off = randomize(small_unet()).eval()
+    on = small_unet(position_encoding="sincos").eval()
+    assert [p.shape for p in on.parameters()] == [p.shape for p in off.parameters()]   # no new weights
+    on.set_state_dict(off.state_dict())
+    assert off.config["position_encoding"] is None and on.config["position_encoding"] == "sincos"
+    x, t, c = paddle.randn([2, 4, 8, 8]), paddle.to_tensor([3, 700]), paddle.randn([2, 5, 12])
+    a, b = off(x, t, c), on(x, t, c)
+    assert float((a - b).abs().max()) > 1e-3                  # the encoding reaches the output
+    # off is the former behaviour: a default-built UNet with the same weights gives the same numbers
+    again = small_unet(position_encoding=None).eval()
+    again.set_state_dict(off.state_dict())
+    np.testing.assert_allclose(again(x, t, c).numpy(), a.numpy(), atol=0)
+    # a SpatialTransformer on a constant map: the same output at every pixel without the encoding
+    # (attention alone cannot tell places apart), a different one at every pixel with it
+    from ppldm.models.attention import SpatialTransformer
+
+    st_off = randomize(SpatialTransformer(16, 2, 8, context_dim=12, groups=8), seed=3).eval()
+    st_on = SpatialTransformer(16, 2, 8, context_dim=12, groups=8, position_encoding="sincos").eval()
+    st_on.set_state_dict(st_off.state_dict())
+    const = paddle.ones([1, 16, 4, 4]) * paddle.arange(16, dtype="float32").reshape([1, 16, 1, 1])
+    y_off = st_off(const, c[:1]).numpy().reshape(16, 16).T       # (pixels, channels)
+    y_on = st_on(const, c[:1]).numpy().reshape(16, 16).T
+    assert np.abs(y_off - y_off[0]).max() < 1e-4
+    d = ((y_on[:, None] - y_on[None]) ** 2).sum(-1)
+    assert d[~np.eye(16, dtype=bool)].min() > 1e-4
+    spec = [paddle.static.InputSpec([2, 4, 8, 8], "float32"), paddle.static.InputSpec([2], "float32"),
+            paddle.static.InputSpec([2, 5, 12], "float32")]
+    static = paddle.jit.to_static(on, input_spec=spec, full_graph=True)
+    np.testing.assert_allclose(static(x, t.astype("float32"), c).numpy(), b.numpy(), atol=1e-5)
+    with pytest.raises(ConfigError, match="position_encoding"):
+        small_unet(position_encoding="learned")
+
+
 @pytest.mark.parametrize("levels,factor", [((8, 16, 16), 4), ((8, 8, 16, 16), 8)])
 def test_autoencoder_kl_factor_and_posterior(levels, factor):
     paddle.seed(0)
