@@ -137,9 +137,11 @@ def check_caption(image: np.ndarray, caption: str) -> dict:
 def check_layout(image: np.ndarray, boxes: np.ndarray) -> dict:
     """Scores of ``image`` [H, W, 3] in [0, 1] against boxes [N, 5] ``[class, x0, y0, x1, y1]``
     (class -1 = padding): ``object`` (fraction of boxes whose colour+shape object is found),
-    ``iou`` (mean IoU of each box with the detected object of its colour; 0 when missing)."""
+    ``iou`` (mean IoU of each box with the detected object of its colour; 0 when missing),
+    ``found`` (boxes with an object of their colour detected) and ``iou_sum_found`` (the sum of
+    their IoUs): the IoU given a found object separates "not drawn" from "drawn elsewhere"."""
     dets = detect(image)
-    hits, ious, used = 0, [], set()
+    hits, ious, used, found_flags = 0, [], set(), []
     for row in np.asarray(boxes):
         if row[0] < 0:
             continue
@@ -147,10 +149,13 @@ def check_layout(image: np.ndarray, boxes: np.ndarray) -> dict:
         d = _find(dets, color, shape, used) or _find(dets, color, None, used)
         if d is not None:
             used.add(id(d))
+        found_flags.append(d is not None)
         hits += d is not None and d.shape == shape
         ious.append(box_iou(tuple(row[1:]), d.box) if d is not None else 0.0)
     n = max(1, len(ious))
-    return {"object": hits / n, "iou": float(np.sum(ious)) / n}
+    found = [v for v, d in zip(ious, found_flags) if d]
+    return {"object": hits / n, "iou": float(np.sum(ious)) / n, "found": len(found), "n": len(ious),
+            "iou_sum_found": float(np.sum(found))}
 
 
 class _PerImageChecks:
@@ -211,8 +216,12 @@ class ShapesLayoutAccuracy(_PerImageChecks):
         return check_layout(image, boxes)
 
     def summarize(self, rows):
+        found = sum(r["found"] for r in rows)
         return {"layout_object_acc": float(np.mean([r["object"] for r in rows])),
-                "box_iou": float(np.mean([r["iou"] for r in rows]))}
+                "box_iou": float(np.mean([r["iou"] for r in rows])),
+                # boxes whose colour was drawn somewhere, and the mean IoU over those only
+                "color_found": found / max(1, sum(r["n"] for r in rows)),
+                "box_iou_found": sum(r["iou_sum_found"] for r in rows) / found if found else 0.0}
 
 
 __all__ = ["detect", "check_caption", "check_layout", "parse_caption", "box_iou", "SHAPES"]

@@ -50,6 +50,12 @@ def test_shapes_checker_on_ground_truth_and_on_wrong_captions():
     c, l = cap.compute(), lay.compute()
     assert c["caption_acc"] >= 0.95 and c["color_acc"] >= 0.98 and c["relation_acc"] >= 0.9
     assert l["layout_object_acc"] >= 0.95 and l["box_iou"] >= 0.75
+    assert l["color_found"] >= 0.97 and l["box_iou_found"] >= 0.75
+    # the right objects in the wrong places: found, but the IoU given found collapses
+    lay.reset()
+    lay.update({"boxes": batch["boxes"]}, {"samples": imgs["samples"][:, :, ::-1, ::-1]})
+    moved = lay.compute()
+    assert moved["color_found"] >= 0.97 and moved["box_iou_found"] < 0.5 * l["box_iou_found"]
     # a blank background satisfies nothing
     blank = np.zeros((1, 3, 32, 32), np.float32) - 0.4
     cap.reset()
