@@ -1,7 +1,9 @@
 """The iteration-based trainer shared by every model in the library.
 
 A model supplies ``forward(batch) -> dict`` and ``losses(batch, outputs) -> dict`` (with
-``loss``), or ``train_step(batch, optimizers, step)`` when it needs several optimizers.
+``loss``), or ``train_step(batch, optimizers, step)`` when it needs several optimizers. A model
+with ``set_train_step(step)`` is told the (1-based) iteration before each one, e.g. to switch
+loss terms on in stages (resumed runs continue at the restored iteration).
 Everything else (optimizers, LR schedules, clipping, accumulation, AMP, EMA, evaluation,
 best-checkpoint tracking, NaN guard, checkpoints, logging, data parallel) lives here, with
 no model-specific branches. Callbacks are a plain list of objects with optional hooks.
@@ -279,6 +281,8 @@ class Trainer:
 
     def _train_one(self, net) -> dict:
         accum = max(1, int(self.tc["accum_steps"]))
+        if hasattr(self.model, "set_train_step"):
+            self.model.set_train_step(self.step + 1)
         if hasattr(self.model, "train_step"):
             batch = next(self._data)
             raw = self.model.train_step(batch, self.optimizers, self.step + 1)

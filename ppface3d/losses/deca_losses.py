@@ -120,6 +120,11 @@ class DECALoss:
         lmk: weighted landmark loss weight (DECA 1.0); ``weighted_landmarks`` as DECA's useWlmk.
         eyed, lipd: eye / lip closure weights (DECA 1.0 / 0.5).
         photo: masked photometric weight (DECA 2.0).
+        photo_start: training iteration from which the photometric (and identity) terms are
+            on; before it the model is not rendered (on configs/deca.yml a step then costs about a
+            third as much). DECA trains in stages too: a pretraining stage with landmarks only
+            (photometric and identity weights 0), then the coarse stage with the photometric
+            loss. 0 (default) = on from the start.
         id: identity loss weight (DECA 0.2); only active when ``identity_net`` is configured.
         identity_net: config of a feature network from the MODELS registry, e.g.
             ``{type: IdentityFeatureNet, weights: /path/to/face_recognition.safetensors}``.
@@ -140,11 +145,12 @@ class DECALoss:
                  lipd: float = 0.5, photo: float = 2.0, id: float = 0.2, identity_net: dict = None,
                  reg_shape: float = 1e-4, reg_exp: float = 1e-4, reg_tex: float = 1e-4,
                  reg_light: float = 1.0, shape_consistency: bool = True, param: float = 0.0,
-                 shape_vertex: float = 0.0, shape_param: float = 0.0):
+                 shape_vertex: float = 0.0, shape_param: float = 0.0, photo_start: int = 0):
         self.w = dict(lmk=lmk, eyed=eyed, lipd=lipd, photo=photo, id=id, reg_shape=reg_shape,
                       reg_exp=reg_exp, reg_tex=reg_tex, reg_light=reg_light, param=param,
                       shape_vertex=shape_vertex, shape_param=shape_param)
         self.weighted_landmarks = bool(weighted_landmarks)
+        self.photo_start = int(photo_start)
         self.shape_consistency = bool(shape_consistency)
         self.identity_net = None
         if identity_net and id > 0:
@@ -157,6 +163,12 @@ class DECALoss:
     @property
     def use_identity(self) -> bool:
         return self.identity_net is not None and self.w["id"] > 0
+
+    def needs_render(self, step: int = None) -> bool:
+        """Whether training iteration ``step`` (None: past every stage) uses the rendered image."""
+        if step is not None and step < self.photo_start:
+            return False
+        return self.w["photo"] > 0 or self.use_identity
 
     def __call__(self, codes: Dict[str, paddle.Tensor], pred: Dict[str, paddle.Tensor],
                  target: Dict[str, paddle.Tensor]) -> Dict[str, paddle.Tensor]:

@@ -104,6 +104,11 @@ class DECA(nn.Layer):
                                      pretrained=encoder_weights, width=encoder_width, pool=encoder_pool,
                                      image_size=self.image_size)
         self.loss_fn = LOSSES.build(loss or {"type": "DECALoss"}, key_path="model.loss")
+        self._train_step = None  # set by the engine (set_train_step) for staged losses
+
+    def set_train_step(self, step: int):
+        """Engine hook: the training iteration about to run (``loss.photo_start`` stages)."""
+        self._train_step = int(step)
 
     # ------------------------------------------------------------------ pieces
     @staticmethod
@@ -186,7 +191,7 @@ class DECA(nn.Layer):
             shape = codes["shape"][: B * K]
             codes["shape"] = paddle.concat([shape, paddle.gather(shape, paddle.to_tensor(order))], 0)
             doubled = True
-        render = (not self.training) or self.loss_fn.w["photo"] > 0 or self.loss_fn.use_identity
+        render = (not self.training) or self.loss_fn.needs_render(self._train_step)
         out = self.decode(codes, render=render)
         out["codes"] = codes
         out["doubled"] = doubled

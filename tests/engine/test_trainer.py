@@ -106,6 +106,22 @@ def test_resume_gives_identical_losses(toy_cfg, recorder, tmp_path):
         np.testing.assert_array_equal(a[k], b[k])
 
 
+def test_model_is_told_each_training_step_also_after_resume(toy_cfg, tmp_path):
+    """``set_train_step(step)`` runs before each iteration (staged losses), continuing on resume."""
+    common = ["train.max_iters=12", "train.save_interval=5", "train.eval_interval=0"]
+    t = Trainer(toy_cfg(*common), callbacks=[_Interrupt(5)])
+    seen = []
+    t.model.set_train_step = seen.append
+    with pytest.raises(KeyboardInterrupt):
+        t.train()
+    assert seen == [1, 2, 3, 4, 5]
+    t = Trainer(toy_cfg(*common))
+    seen = []
+    t.model.set_train_step = seen.append
+    t.train(resume=str(tmp_path / "run"))
+    assert seen == list(range(6, 13))
+
+
 def test_grad_clip_bounds_sgd_update(toy_cfg):
     cfg = toy_cfg("optimizer={type: SGD, lr: 1.0}", "lr_scheduler={type: Constant}", "train.grad_clip=0.01",
                   "train.max_iters=1", "train.eval_interval=0", "model.dropout=0.0")

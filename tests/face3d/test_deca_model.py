@@ -88,6 +88,27 @@ def test_deca_forward_losses_eval_and_visuals(synth):
         DECA(n_pose=7)
 
 
+def test_photometric_stage_starts_at_photo_start(synth):
+    """``loss.photo_start``: no rendering (and no photometric term) before that iteration."""
+    from ppengine.data import collate
+    from ppface3d.models import DECA
+
+    model = DECA(n_shape=20, n_exp=10, n_tex=10, image_size=S, encoder_depth=18,
+                 loss={"type": "DECALoss", "photo_start": 3})
+    batch = collate([synth[0], synth[1]])
+    model.train()
+    model.set_train_step(2)
+    out = model(batch)
+    losses = model.losses(batch, out)
+    assert "image" not in out and "photometric" not in losses and "landmark" in losses
+    model.set_train_step(3)
+    out = model(batch)
+    losses = model.losses(batch, out)
+    assert out["image"].shape == [8, 3, S, S] and float(losses["photometric"]) > 0
+    model.eval()  # evaluation always renders
+    assert "image" in model(batch)
+
+
 def test_albedo_files(tmp_path):
     from ppface3d.models.albedo import AlbedoModel
 
