@@ -235,7 +235,6 @@ class SpatialTransformer(nn.Layer):
             h = self.proj_out(h)
         return h + residual
 
-
     def _position(self, hgt, wid, dim):
         if not isinstance(hgt, int) or not isinstance(wid, int) or hgt < 0 or wid < 0:
             from ppengine.errors import InputError
