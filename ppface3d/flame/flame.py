@@ -213,15 +213,45 @@ class FLAME(paddle.nn.Layer):
             return L.euler_to_matrix(x)
         return x
 
+    def _landmark_subset(self):
+        """Buffers restricted to the vertices that the landmark embedding reads (built once).
+
+        Returns a dict with the subset's template, blend-shape and pose-corrective bases, skinning
+        weights and the landmark triangles re-indexed into the subset.
+        """
+        key = (str(self.v_template.dtype), str(self.v_template.place))
+        if getattr(self, "_lmk_sub_key", None) != key:
+            names = [n for n in ("lmk_static", "lmk_dynamic", "lmk_full") if hasattr(self, n + "_idx")]
+            keep = np.unique(np.concatenate([getattr(self, n + "_idx").numpy().reshape(-1) for n in names]))
+            remap = np.full(self.num_vertices, -1, np.int64)
+            remap[keep] = np.arange(len(keep))
+            k = paddle.to_tensor(keep)
+            V, n = self.num_vertices, len(keep)
+
+            def cols(b):  # (K, V*3) -> (K, n*3)
+                return paddle.gather(b.reshape([b.shape[0], V, 3]), k, axis=1).reshape([b.shape[0], n * 3])
+
+            sub = dict(V=n, v_template=paddle.gather(self.v_template, k, axis=0), dirs=cols(self.dirs),
+                       posedirs=cols(self.posedirs), lbs_weights=paddle.gather(self.lbs_weights, k, axis=0))
+            for nm in names:
+                sub[nm + "_idx"] = paddle.to_tensor(remap[getattr(self, nm + "_idx").numpy()])
+                sub[nm + "_bary"] = getattr(self, nm + "_bary")
+            self._lmk_sub, self._lmk_sub_key = sub, key
+        return self._lmk_sub
+
     def forward(self, shape=None, expression=None, global_pose=None, neck_pose=None, jaw_pose=None,
-                eye_pose=None, translation=None) -> FLAMEOutput:
+                eye_pose=None, translation=None, landmarks_only: bool = False) -> FLAMEOutput:
         """Pose and shape the head. Every input is optional, but at least one must be given.
 
         shape (B, <=n_shape), expression (B, <=n_expression); global_pose, neck_pose, jaw_pose
         (B, 3) axis-angle (or the configured format); eye_pose (B, 6) axis-angle of the left
         then right eye; translation (B, 3). Inputs with batch 1 broadcast to the others.
+        ``landmarks_only`` poses only the few hundred vertices the landmarks sit on (the same
+        numbers, several times cheaper; ``vertices`` is then None), e.g. for landmark losses.
         Returns :class:`FLAMEOutput`.
         """
+        if landmarks_only and not self.has_landmarks:
+            raise InputError("FLAME: landmarks_only needs a landmark embedding (see landmark_path)")
         shape = self._batch_input("shape", shape, [None])
         expression = self._batch_input("expression", expression, [None])
         global_pose = self._rot("global_pose", global_pose, self.rotation_format)
@@ -247,7 +277,12 @@ class FLAME(paddle.nn.Layer):
             raise InputError(f"FLAME: expression has {expression.shape[1]} coefficients, this model keeps "
                              f"{self.n_expression} (see FLAME(n_expression=...))")
         dt = self.v_template.dtype
-        V = self.num_vertices
+        b = self._landmark_subset() if landmarks_only else dict(
+            V=self.num_vertices, v_template=self.v_template, dirs=self.dirs, posedirs=self.posedirs,
+            lbs_weights=self.lbs_weights,
+            **{n: getattr(self, n) for n in ("lmk_static_idx", "lmk_static_bary", "lmk_dynamic_idx",
+                                             "lmk_dynamic_bary", "lmk_full_idx", "lmk_full_bary") if hasattr(self, n)})
+        V = b["V"]
 
         def expand(x):
             return x if x.shape[0] == B else x.expand([B] + list(x.shape[1:]))
@@ -264,10 +299,10 @@ class FLAME(paddle.nn.Layer):
                     x = paddle.concat([x, paddle.zeros([x.shape[0], n - x.shape[1]], dtype=dt)], axis=1)
                 parts.append(expand(x))
             coeffs = paddle.concat(parts, axis=1) if len(parts) > 1 else parts[0]
-            v_shaped = self.v_template.unsqueeze(0) + paddle.matmul(coeffs, self.dirs).reshape([B, V, 3])
+            v_shaped = b["v_template"].unsqueeze(0) + paddle.matmul(coeffs, b["dirs"]).reshape([B, V, 3])
             joints = self.j_template.unsqueeze(0) + paddle.matmul(coeffs, self.j_dirs).reshape([B, -1, 3])
         else:
-            v_shaped = self.v_template.unsqueeze(0).expand([B, V, 3])
+            v_shaped = b["v_template"].unsqueeze(0).expand([B, V, 3])
             joints = self.j_template.unsqueeze(0).expand([B, self.j_template.shape[0], 3])
 
         # rotations of the 5 joints
@@ -298,33 +333,37 @@ class FLAME(paddle.nn.Layer):
         # pose correctives
         if neck_pose is not None or jaw_pose is not None or eye_pose is not None:
             feat = (rot[:, 1:] - eye3.unsqueeze(0)).reshape([B, -1])
-            v_posed = v_shaped + paddle.matmul(feat, self.posedirs).reshape([B, V, 3])
+            v_posed = v_shaped + paddle.matmul(feat, b["posedirs"]).reshape([B, V, 3])
         else:
             v_posed = v_shaped
 
-        posed_joints, Rw, tw = L.rigid_chain(rot, joints, self.parents)
-        verts = L.skin(v_posed, self.lbs_weights, Rw, tw)
+        if global_pose is None and neck_pose is None and jaw_pose is None and eye_pose is None:
+            posed_joints, verts = joints, v_posed  # every joint at rest: skinning is the identity
+        else:
+            posed_joints, Rw, tw = L.rigid_chain(rot, joints, self.parents)
+            verts = L.skin(v_posed, b["lbs_weights"], Rw, tw)
 
         landmarks = full68 = None
         if self.has_landmarks:
-            static = L.barycentric_points(verts, self.lmk_static_idx, self.lmk_static_bary)
+            static = L.barycentric_points(verts, b["lmk_static_idx"], b["lmk_static_bary"])
             if self.has_contour:
                 rows = self.contour_rows(R_global, R_neck)
-                didx = paddle.gather(self.lmk_dynamic_idx, rows, axis=0)
-                dbary = paddle.gather(self.lmk_dynamic_bary, rows, axis=0)
+                didx = paddle.gather(b["lmk_dynamic_idx"], rows, axis=0)
+                dbary = paddle.gather(b["lmk_dynamic_bary"], rows, axis=0)
                 contour = L.barycentric_points(verts, didx, dbary)
                 landmarks = paddle.concat([contour, static], axis=1)
             else:
                 landmarks = static
             if self.has_full68:
-                full68 = L.barycentric_points(verts, self.lmk_full_idx, self.lmk_full_bary)
+                full68 = L.barycentric_points(verts, b["lmk_full_idx"], b["lmk_full_bary"])
         if translation is not None:
             t = expand(translation).unsqueeze(1)
             verts = verts + t
             posed_joints = posed_joints + t
             landmarks = None if landmarks is None else landmarks + t
             full68 = None if full68 is None else full68 + t
-        return FLAMEOutput(vertices=verts, landmarks=landmarks, landmarks_full68=full68, joints=posed_joints)
+        return FLAMEOutput(vertices=None if landmarks_only else verts, landmarks=landmarks, landmarks_full68=full68,
+                           joints=posed_joints)
 
     def contour_rows(self, R_global, R_neck, contour: Optional[str] = None):
         """Row of the contour table for each head pose (B,) int64.

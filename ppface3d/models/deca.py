@@ -124,11 +124,12 @@ class DECA(nn.Layer):
         return self.encoder(images)
 
     def decode(self, codes: Dict[str, paddle.Tensor], render: bool = True,
-               background: Optional[paddle.Tensor] = None) -> Dict[str, paddle.Tensor]:
+               background: Optional[paddle.Tensor] = None, vertices: bool = True) -> Dict[str, paddle.Tensor]:
         """FLAME + camera (+ albedo and rendering) from codes.
 
         Returns 'vertices' (N, V, 3) world, 'landmarks3d' (N, 68, 3) world, 'landmarks2d'
-        (N, 68, 2) screen NDC, 'transformed_vertices' (N, V, 3) screen NDC; when ``render``:
+        (N, 68, 2) screen NDC, 'transformed_vertices' (N, V, 3) screen NDC (``vertices=False``
+        without ``render``: landmarks only, from FLAME's landmark vertices); when ``render``:
         'image' (N, 3, S, S) shaded albedo over ``background`` (default black), 'alpha'
         (N, 1, S, S), 'albedo' (N, 3, T, T) UV albedo, 'shape_image' (N, 3, S, S) grey shading,
         'normal_images'.
@@ -137,11 +138,12 @@ class DECA(nn.Layer):
 
         pose = codes["pose"]
         fo = self.flame(shape=codes["shape"], expression=codes["exp"], global_pose=pose[:, :3],
-                        jaw_pose=pose[:, 3:6])
+                        jaw_pose=pose[:, 3:6], landmarks_only=not (vertices or render))
         cam = OrthographicCamera(codes["cam"])
         lmk3d = fo.landmarks
-        out = {"vertices": fo.vertices, "landmarks3d": lmk3d, "landmarks2d": cam.project(lmk3d),
-               "transformed_vertices": cam.transform(fo.vertices)}
+        out = {"landmarks3d": lmk3d, "landmarks2d": cam.project(lmk3d)}
+        if fo.vertices is not None:
+            out.update(vertices=fo.vertices, transformed_vertices=cam.transform(fo.vertices))
         if render:
             albedo = self.albedo(codes["tex"])
             r = self.renderer(fo.vertices, cam, albedos=albedo, lights=codes["light"], background=background)
@@ -192,7 +194,8 @@ class DECA(nn.Layer):
             codes["shape"] = paddle.concat([shape, paddle.gather(shape, paddle.to_tensor(order))], 0)
             doubled = True
         render = (not self.training) or self.loss_fn.needs_render(self._train_step)
-        out = self.decode(codes, render=render)
+        # a training step without rendering needs only the landmarks (the losses' other inputs)
+        out = self.decode(codes, render=render, vertices=render)
         out["codes"] = codes
         out["doubled"] = doubled
         return out

@@ -70,6 +70,48 @@ def test_parity_with_smplx(model_dir, dtype, tol):
     assert len({tuple(r) for r in flame.contour_rows(*_mats(inp)).numpy()[:, None]}) > 3
 
 
+def test_landmarks_only_and_rest_pose_match_smplx(model_dir):
+    """The cheap paths against smplx: ``landmarks_only`` (only the landmarks' vertices are posed)
+    gives the full model's landmarks and gradients; shape and expression alone (no pose, where
+    skinning is skipped) give smplx's vertices with every pose zero."""
+    torch = pytest.importorskip("torch")
+    smplx = pytest.importorskip("smplx")
+    B = 4
+    inp = _random_inputs(B, seed=5)
+    ref = smplx.FLAME(model_path=model_dir, num_betas=300, num_expression_coeffs=100, use_face_contour=True,
+                      batch_size=B, dtype=torch.float64)
+    t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    with torch.no_grad():
+        o = ref(betas=t(inp["shape"]), expression=t(inp["expression"]), global_orient=t(inp["global_pose"]),
+                neck_pose=t(inp["neck_pose"]), jaw_pose=t(inp["jaw_pose"]), leye_pose=t(inp["eye_pose"][:, :3]),
+                reye_pose=t(inp["eye_pose"][:, 3:]), transl=t(inp["translation"]))
+        rest = ref(betas=t(inp["shape"]), expression=t(inp["expression"]))
+    flame = FLAME.from_files(os.path.join(model_dir, "FLAME_NEUTRAL.pkl"),
+                             os.path.join(model_dir, "flame_static_embedding.pkl"), dtype="float64")
+    args = {k: paddle.to_tensor(v) for k, v in inp.items()}
+    for v in args.values():
+        v.stop_gradient = False
+    lo = flame(**args, landmarks_only=True)
+    assert lo.vertices is None
+    rj = o.joints.numpy()  # float64 parity with smplx is ~1e-8 (test above)
+    np.testing.assert_allclose(lo.landmarks.numpy()[:, 17:], rj[:, 5:56], atol=1e-7, rtol=0)
+    np.testing.assert_allclose(lo.landmarks.numpy()[:, :17], rj[:, 56:73], atol=1e-7, rtol=0)
+    full = flame(**args)
+    np.testing.assert_allclose(lo.landmarks.numpy(), full.landmarks.numpy(), atol=1e-12, rtol=0)
+    g_lo = paddle.grad((lo.landmarks ** 2).sum(), list(args.values()))
+    g_full = paddle.grad((full.landmarks ** 2).sum(), list(args.values()))
+    for a, b in zip(g_lo, g_full):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-10, rtol=0)
+    # the subset really is a subset (that is the point: several times fewer vertices)
+    assert flame._landmark_subset()["V"] < flame.num_vertices // 4
+    neutral = flame(shape=args["shape"], expression=args["expression"])
+    np.testing.assert_allclose(neutral.vertices.numpy(), rest.vertices.numpy(), atol=1e-7, rtol=0)
+    np.testing.assert_allclose(neutral.joints.numpy(), rest.joints.numpy()[:, :5], atol=1e-7, rtol=0)
+    flame.has_landmarks = False  # as a model loaded without a landmark file
+    with pytest.raises(InputError, match="landmark embedding"):
+        flame(shape=args["shape"], landmarks_only=True)
+
+
 def _mats(inp):
     g = paddle.to_tensor(Rotation.from_rotvec(inp["global_pose"]).as_matrix())
     n = paddle.to_tensor(Rotation.from_rotvec(inp["neck_pose"]).as_matrix())
