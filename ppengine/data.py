@@ -39,16 +39,45 @@ class _FixedBatches(paddle.io.BatchSampler):
         return len(self.batches)
 
 
+class _FixedShardSampler:
+    """Rank ``r`` of ``w`` always reads items r, r + w, r + 2w, ... (the same share every epoch),
+    shuffled within the share per epoch; every rank gets the same number of batches."""
+
+    def __init__(self, n: int, batch_size: int, world_size: int, rank: int, shuffle: bool, drop_last: bool):
+        self.share = np.arange(rank, (n // world_size) * world_size, world_size)
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        idx = np.random.default_rng([self.epoch, 7]).permutation(self.share) if self.shuffle else self.share
+        bs = self.batch_size
+        stop = len(idx) - len(idx) % bs if self.drop_last else len(idx)
+        return iter([idx[i:i + bs].tolist() for i in range(0, stop, bs)])
+
+
 class DataStream:
-    """An endless iterator of batches with ``state()`` / ``load_state()`` for exact resume."""
+    """An endless iterator of batches with ``state()`` / ``load_state()`` for exact resume.
+
+    ``fixed_shards``: with several ranks, each keeps the same share of the dataset every epoch
+    (instead of a new share per epoch), so a dataset that generates and caches its items in
+    memory (e.g. ``SyntheticFaces``) makes each item once, on one rank.
+    """
 
     def __init__(self, dataset, batch_size: int, shuffle: bool = True, drop_last: bool = True,
-                 num_workers: int = 0, seed: int = 0, world_size: int = 1, rank: int = 0):
+                 num_workers: int = 0, seed: int = 0, world_size: int = 1, rank: int = 0,
+                 fixed_shards: bool = False):
         if len(dataset) < batch_size * world_size and drop_last:
             drop_last = False
         self.dataset = dataset
-        self.sampler = paddle.io.DistributedBatchSampler(dataset, batch_size=batch_size, num_replicas=world_size,
-                                                         rank=rank, shuffle=shuffle, drop_last=drop_last)
+        if fixed_shards and world_size > 1:
+            self.sampler = _FixedShardSampler(len(dataset), batch_size, world_size, rank, shuffle, drop_last)
+        else:
+            self.sampler = paddle.io.DistributedBatchSampler(dataset, batch_size=batch_size,
+                                                             num_replicas=world_size, rank=rank, shuffle=shuffle,
+                                                             drop_last=drop_last)
         self.num_workers = num_workers
         self.seed = int(seed)
         self.epoch = 0

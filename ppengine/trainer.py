@@ -34,7 +34,8 @@ TRAIN_DEFAULTS = dict(
     accum_steps=1, amp="auto", ema_decay=None, seed=42, metric="val/loss", metric_mode="min",
     output="output/run", progress=True, log_images=True, eval_batches=None,
 )
-DATA_KEYS = ("batch_size", "eval_batch_size", "num_workers", "shuffle", "drop_last", "train", "val", "test")
+DATA_KEYS = ("batch_size", "eval_batch_size", "num_workers", "shuffle", "drop_last", "fixed_shards", "train", "val",
+             "test")
 
 
 def _cfg(cfg) -> Config:
@@ -329,7 +330,8 @@ class Trainer:
         dc = self.cfg.get("data") or {}
         self._data = DataStream(train_set, int(dc.get("batch_size", 8)), shuffle=dc.get("shuffle", True),
                                 drop_last=dc.get("drop_last", True), num_workers=int(dc.get("num_workers", 0)),
-                                seed=self.seed, world_size=self.world_size, rank=self.rank)
+                                seed=self.seed, world_size=self.world_size, rank=self.rank,
+                                fixed_shards=bool(dc.get("fixed_shards", False)))
         self.val_set = build_dataset(self.cfg, "val")
         self._build_optimizers()
         self.amp = self._amp_enabled()
