@@ -122,6 +122,12 @@ class SyntheticFaces(paddle.io.Dataset):
         seed: base seed.
         cache: keep generated samples in memory (images as uint8, vertices as float16).
         return_vertices: include the posed vertices (K, V, 3) (off saves memory in training).
+        augment: training augmentation drawn anew at every access (the rendered sample and its
+            labels stay as they are): with probability 0.5 the background outside the head mask
+            is replaced by another generated one (from a pool of 256), then per-channel gain,
+            brightness, contrast and pixel noise. It keeps a network from memorising the cached
+            images (measured in docs/deca.md). Draws from NumPy's global generator, which the
+            engine reseeds every step, so a resumed run sees the same augmentations.
     """
 
     def __init__(self, split: str = "train", num_subjects: Optional[int] = None, K: int = 1,
@@ -132,7 +138,8 @@ class SyntheticFaces(paddle.io.Dataset):
                  scale_jitter: float = 0.08, trans_jitter: float = 0.05,
                  flame_model_path: Optional[str] = None, flame_landmark_path: Optional[str] = None,
                  albedo_path: Optional[str] = None, uv_size: int = 64, albedo_seed: int = 0,
-                 seed: int = 0, cache: bool = True, return_vertices: bool = True, render_backend: str = "auto"):
+                 seed: int = 0, cache: bool = True, return_vertices: bool = True, render_backend: str = "auto",
+                 augment: bool = False):
         super().__init__()
         if split not in _SPLITS:
             raise ConfigError(f"SyntheticFaces split={split!r}: use one of {list(_SPLITS)}")
@@ -149,8 +156,10 @@ class SyntheticFaces(paddle.io.Dataset):
         self.seed = int(seed)
         self.cache = bool(cache)
         self.return_vertices = bool(return_vertices)
+        self.augment = bool(augment)
         self._cache: Dict[int, dict] = {}
         self._gen = None
+        self._bg_pool = None
 
     def __len__(self) -> int:
         return self.num_subjects
@@ -250,6 +259,26 @@ class SyntheticFaces(paddle.io.Dataset):
             "subject": np.int64(i),
         }
 
+    def _augment(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """image (K, 3, S, S) float [0, 1], mask (K, S, S) -> augmented copy (see ``augment``)."""
+        if self._bg_pool is None:
+            rng = np.random.default_rng([self.seed, _SPLITS[self.split], zlib.crc32(b"SyntheticFaces.bg")])
+            photos = self._parts()[3]
+            self._bg_pool = np.stack([make_background(rng, self.S, photos) for _ in range(256)])
+        r = np.random.default_rng(np.random.randint(0, 2 ** 31 - 1))
+        K = image.shape[0]
+        u = lambda lo, hi, shape: r.uniform(lo, hi, shape).astype(np.float32)  # noqa: E731
+        out = image.copy()
+        for k in np.nonzero(r.random(K) < 0.5)[0]:  # background swap
+            bg = self._bg_pool[r.integers(0, len(self._bg_pool))]
+            bg = bg[..., ::-1] if r.random() < 0.5 else bg  # mirrored half the time
+            out[k] += (bg - out[k]) * (1.0 - mask[k])
+        mean = out.mean((1, 2, 3), keepdims=True)
+        out = (out - mean) * u(0.8, 1.2, (K, 1, 1, 1)) + mean  # contrast
+        out = out * u(0.85, 1.15, (K, 3, 1, 1)) + u(-0.08, 0.08, (K, 1, 1, 1))  # colour, brightness
+        out += r.standard_normal(out.shape, dtype=np.float32) * u(0.0, 0.03, (K, 1, 1, 1))
+        return np.clip(out, 0.0, 1.0, out=out)
+
     def __getitem__(self, i: int) -> Dict[str, np.ndarray]:
         i = int(i)
         if i < 0 or i >= len(self):
@@ -262,6 +291,8 @@ class SyntheticFaces(paddle.io.Dataset):
         out = dict(s)
         out["image"] = s["image"].astype(np.float32) / 255.0
         out["mask"] = s["mask"].astype(np.float32)
+        if self.augment:
+            out["image"] = self._augment(out["image"], out["mask"])
         out["gt_verts_neutral"] = np.repeat(s["gt_verts_neutral"][None], self.K, 0)
         out["gt_lmk3d_neutral"] = np.repeat(s["gt_lmk3d_neutral"][None], self.K, 0)
         if s["vertices"] is None:

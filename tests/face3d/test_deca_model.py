@@ -54,6 +54,32 @@ def test_synthetic_faces_ground_truth_and_determinism(synth):
     assert np.all(few[5:] == 0)
 
 
+def test_synthetic_augmentation_changes_pixels_not_labels(synth):
+    from ppface3d.data.synthetic import SyntheticFaces
+
+    aug = SyntheticFaces(split="train", num_subjects=6, K=2, image_size=S, n_shape=20, n_exp=10, n_tex=10,
+                         augment=True)
+    plain = synth[1]
+    np.random.seed(3)
+    a = aug[1]
+    for k in ("landmark", "mask", "shape", "exp", "pose", "cam", "gt_verts_neutral"):
+        np.testing.assert_array_equal(a[k], plain[k], err_msg=k)
+    assert a["image"].shape == plain["image"].shape and a["image"].dtype == np.float32
+    assert 0.0 <= a["image"].min() and a["image"].max() <= 1.0
+    np.random.seed(3)
+    np.testing.assert_array_equal(aug[1]["image"], a["image"])  # reproducible from NumPy's seed
+    draws = [aug[1]["image"] for _ in range(6)]
+    assert min(np.abs(d - plain["image"]).mean() for d in draws) > 0.005  # every access is a new draw
+    # the face stays the face: inside the mask the augmented pixels follow the rendered ones
+    m = plain["mask"][:, None].repeat(3, 1) > 0
+    for d in draws:
+        assert np.corrcoef(d[m], plain["image"][m])[0, 1] > 0.8
+    # some draws replace the background (outside the mask far from the original)
+    outside = [np.abs(d - plain["image"])[~m].mean() for d in draws]
+    inside = [np.abs(d - plain["image"])[m].mean() for d in draws]
+    assert max(o - i for o, i in zip(outside, inside)) > 0.05
+
+
 def test_deca_forward_losses_eval_and_visuals(synth):
     from ppengine.data import collate
     from ppface3d.losses import FaceReconstructionMetric
