@@ -27,9 +27,18 @@ class LatentScale(nn.Layer):
 
     @paddle.no_grad()
     def fit(self, z: paddle.Tensor) -> float:
-        """Set the factor to 1/std(z) if scale-by-std and not yet fitted; returns the factor."""
+        """Set the factor to 1/std(z) if scale-by-std and not yet fitted; returns the factor.
+
+        Under data-parallel training the std is that of every rank's first batch together, so
+        all ranks get the same factor.
+        """
         if self.scale_by_std and float(self.fitted) == 0.0:
-            std = float(z.astype("float32").flatten().std())
+            zf = z.astype("float64").flatten()
+            stats = paddle.stack([zf.sum(), (zf * zf).sum(), paddle.full([], zf.shape[0], "float64")])
+            if paddle.distributed.is_initialized() and paddle.distributed.get_world_size() > 1:
+                paddle.distributed.all_reduce(stats)
+            total, squares, n = (float(v) for v in stats.numpy())
+            std = max((squares - total * total / n) / max(n - 1.0, 1.0), 0.0) ** 0.5  # unbiased, as Tensor.std
             self.scale_factor.set_value(paddle.to_tensor([1.0 / max(std, 1e-8)], dtype="float32"))
             self.fitted.set_value(paddle.to_tensor([1.0], dtype="float32"))
         return float(self.scale_factor)
