@@ -85,7 +85,8 @@ class LatentDiffusion(nn.Layer):
         cond_drop: probability of training a sample with the null condition.
         sampler: defaults for sampling: ``{name: ddim, steps: 50, guidance_scale: 1.0, eta: 0.0,
             paste: false}`` (``paste``: inpainting keeps the known pixels exactly).
-        cache_latents: cache the first stage's posterior per ``batch['index']`` (in memory).
+        cache_latents: cache the first stage's posterior per ``batch['index']`` (in memory), and for
+            inpainting the masked image's; the images and masks of an index must not change.
         lowres_factor: super-resolution factor (HR side / ``lr`` side); default: the first stage's
             ``f`` (the low-res image then has the latent's size).
         residual: super-resolution only: diffuse the difference between the HR latent and the
@@ -155,6 +156,7 @@ class LatentDiffusion(nn.Layer):
         self.sampler_cfg.update(sampler or {})
         self.cache_latents = bool(cache_latents)
         self._latent_cache: Dict[int, np.ndarray] = {}
+        self._masked_cache: Dict[int, np.ndarray] = {}  # inpainting: moments of the masked images
         self._eval_calls = 0
 
     # ------------------------------------------------------------------ first stage
@@ -187,18 +189,20 @@ class LatentDiffusion(nn.Layer):
     def encode(self, images: paddle.Tensor, index=None, sample_posterior: bool = False) -> paddle.Tensor:
         """Images (B, C, H, W) in [-1, 1] -> scaled latents (B, c, H/f, W/f)."""
         self._check_ready()
-        if index is not None and self.cache_latents:
-            idx = [int(i) for i in np.asarray(index.numpy() if hasattr(index, "numpy") else index).reshape(-1)]
-            todo = [j for j, i in enumerate(idx) if i not in self._latent_cache]
-            if todo:
-                m = self._moments(paddle.gather(images, paddle.to_tensor(todo))).numpy()
-                for j, mm in zip(todo, m):
-                    self._latent_cache[idx[j]] = mm
-            moments = paddle.to_tensor(np.stack([self._latent_cache[i] for i in idx]))
-        else:
-            moments = self._moments(images)
-        z = self._latent_from_moments(moments, sample_posterior)
-        return z
+        return self._latent_from_moments(self._cached_moments(images, index, self._latent_cache), sample_posterior)
+
+    def _cached_moments(self, images: paddle.Tensor, index, cache: Dict[int, np.ndarray]) -> paddle.Tensor:
+        """First-stage moments of ``images``, kept in ``cache`` by dataset index when
+        ``cache_latents`` is on (the images of an index must not change between epochs)."""
+        if index is None or not self.cache_latents:
+            return self._moments(images)
+        idx = [int(i) for i in np.asarray(index.numpy() if hasattr(index, "numpy") else index).reshape(-1)]
+        todo = [j for j, i in enumerate(idx) if i not in cache]
+        if todo:
+            m = self._moments(paddle.gather(images, paddle.to_tensor(todo))).numpy()
+            for j, mm in zip(todo, m):
+                cache[idx[j]] = mm
+        return paddle.to_tensor(np.stack([cache[i] for i in idx]))
 
     @paddle.no_grad()
     def decode(self, z: paddle.Tensor, base: Optional[paddle.Tensor] = None) -> paddle.Tensor:
@@ -239,7 +243,11 @@ class LatentDiffusion(nn.Layer):
                     raise InputError(f"inpainting needs batch[{k!r}] (keys: {', '.join(batch)})")
             mask = batch["mask"].astype("float32")
             m_lat = F.adaptive_avg_pool2d(mask, [h, w])
-            masked = self.scale.scale(self._latent_from_moments(self._moments(batch["masked_image"]), False))
+            # training batches carry their dataset index: the masked image's moments are cached like
+            # the image's (a dataset's mask is fixed per index); sampling always encodes
+            index = batch.get("index") if self.training else None
+            moments = self._cached_moments(batch["masked_image"], index, self._masked_cache)
+            masked = self.scale.scale(self._latent_from_moments(moments, False))
             return paddle.concat([m_lat, masked], axis=1)
         if "lr" not in batch:
             raise InputError(f"super-resolution needs batch['lr'], the low-resolution image (keys: {', '.join(batch)})")

@@ -131,6 +131,35 @@ def test_inpainting_paste_keeps_known_pixels_and_sampling_is_seeded(ae_weights, 
     assert not np.allclose(b, c)
 
 
+def test_inpainting_training_caches_image_and_masked_latents_by_index(ae_weights, tmp_path):
+    """With cache_latents, a training batch's image and masked-image moments are encoded once per
+    dataset index; the cached concat equals a freshly encoded one; sampling never reads the cache."""
+    model = build_model(_task_cfg("inpaint_shapes", ae_weights, tmp_path))
+    model.train()
+    rng = np.random.default_rng(2)
+    img = paddle.to_tensor(rng.uniform(-1, 1, (3, 3, 32, 32)).astype("float32"))
+    mask = np.zeros((3, 1, 32, 32), np.float32)
+    mask[:, :, 6:22, 4:18] = 1
+    batch = {"image": img, "mask": paddle.to_tensor(mask), "masked_image": img * (1 - paddle.to_tensor(mask)),
+             "index": paddle.to_tensor([5, 9, 11])}
+    calls = []
+    orig = model._moments
+    model._moments = lambda x: (calls.append(int(x.shape[0])), orig(x))[1]
+    model.forward(batch)
+    assert calls == [3, 3]  # image and masked image, each encoded once
+    assert sorted(model._latent_cache) == sorted(model._masked_cache) == [5, 9, 11]
+    cached = model._concat(batch, 16, 16).numpy()
+    assert calls == [3, 3]  # the concat came from the cache
+    model.cache_latents = False
+    fresh = model._concat(batch, 16, 16).numpy()
+    assert calls == [3, 3, 3]
+    np.testing.assert_allclose(cached, fresh, rtol=1e-5, atol=1e-5)
+    model.cache_latents = True
+    model.eval()
+    model._concat(batch, 16, 16)
+    assert calls == [3, 3, 3, 3]  # not training: encoded, not looked up
+
+
 def test_guidance_uses_the_null_condition(ae_weights, tmp_path):
     model = build_model(_task_cfg("class2img_digits", ae_weights, tmp_path))
     model.eval()
