@@ -83,7 +83,7 @@ class FaceReconstructor:
         s = self.model.image_size
         if x.shape[-1] != s:
             x = F.interpolate(x, size=[s, s], mode="area")
-        codes = self.model.encode(x)
+        codes = self.model.encode_test(x)
         return {k: v.numpy() for k, v in codes.items()}
 
     def codes(self, face: FaceCrop) -> Dict[str, np.ndarray]:

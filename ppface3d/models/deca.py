@@ -70,6 +70,9 @@ class DECA(nn.Layer):
         albedo_path: DECA/FLAME albedo .npz; None = generated albedo space.
         render_backend: rasterizer backend ('auto', 'cpp', 'paddle').
         loss: loss config (default ``{type: DECALoss}`` with DECA's weights).
+        test_flip: at evaluation and inference, average the shape code read from the image with
+            the one read from its mirror image (test-time flip augmentation, as in pose
+            estimation; not in DECA); training is unchanged.
     """
 
     def __init__(self, n_shape: int = 100, n_tex: int = 50, n_exp: int = 50, n_pose: int = 6,
@@ -78,7 +81,7 @@ class DECA(nn.Layer):
                  image_size: int = 224, uv_size: int = 64,
                  flame_model_path: Optional[str] = None, flame_landmark_path: Optional[str] = None,
                  albedo_path: Optional[str] = None, albedo_seed: int = 0, render_backend: str = "auto",
-                 loss: Optional[dict] = None):
+                 loss: Optional[dict] = None, test_flip: bool = False):
         super().__init__()
         from ppengine.errors import ConfigError
 
@@ -104,7 +107,13 @@ class DECA(nn.Layer):
                                      pretrained=encoder_weights, width=encoder_width, pool=encoder_pool,
                                      image_size=self.image_size)
         self.loss_fn = LOSSES.build(loss or {"type": "DECALoss"}, key_path="model.loss")
+        if getattr(self.loss_fn, "w", {}).get("shape_metric", 0) > 0:
+            from ..losses.metrics import shape_error_matrix
+
+            self.loss_fn.set_shape_metric(shape_error_matrix(self.flame, n_shape))
         self._train_step = None  # set by the engine (set_train_step) for staged losses
+        self.test_flip = bool(test_flip)
+        self._mirror = None
 
     def set_train_step(self, step: int):
         """Engine hook: the training iteration about to run (``loss.photo_start`` stages)."""
@@ -122,6 +131,28 @@ class DECA(nn.Layer):
     def encode(self, images: paddle.Tensor) -> Dict[str, paddle.Tensor]:
         """images (N, 3, S, S) in [0, 1] -> codes dict (shape (N, n_shape), ..., light (N, 9, 3))."""
         return self.encoder(images)
+
+    def mirror_signs(self) -> np.ndarray:
+        """Per shape coefficient, how it maps under a left-right mirror of the head (x -> -x):
+        +1 (mirror-symmetric direction), -1 (antisymmetric) or 0 (neither, or the template is not
+        symmetric); see :mod:`ppface3d.flame.mirror`."""
+        if self._mirror is None:
+            from ..flame.mirror import mirror_maps
+
+            self._mirror = mirror_maps(self.flame).shape_sign
+        return self._mirror
+
+    @paddle.no_grad()
+    def encode_test(self, images: paddle.Tensor) -> Dict[str, paddle.Tensor]:
+        """Codes for evaluation and inference: :meth:`encode`, and with ``test_flip`` the shape
+        code averaged with the one read from the mirrored image (mapped back by
+        :meth:`mirror_signs`; coefficients without a mirror symmetry keep the direct reading)."""
+        codes = self.encode(images)
+        if self.test_flip:
+            sign = paddle.to_tensor(self.mirror_signs())
+            mirrored = self.encode(images.flip([3]))["shape"] * sign
+            codes["shape"] = paddle.where(sign != 0, (codes["shape"] + mirrored) * 0.5, codes["shape"])
+        return codes
 
     def decode(self, codes: Dict[str, paddle.Tensor], render: bool = True,
                background: Optional[paddle.Tensor] = None, vertices: bool = True) -> Dict[str, paddle.Tensor]:
@@ -236,7 +267,7 @@ class DECA(nn.Layer):
         images = batch["image"]
         if images.ndim == 4:
             images = images.unsqueeze(1)
-        codes = self.encode(self._flat(images))
+        codes = self.encode_test(self._flat(images))
         out = self.decode(codes, render=False)
         neutral = self.flame(shape=codes["shape"])
         mean = self.flame(shape=paddle.zeros([1, self.code_sizes["shape"]]))

@@ -86,7 +86,7 @@ def test_deca_forward_losses_eval_and_visuals(synth):
     from ppface3d.models import DECA
 
     model = DECA(n_shape=20, n_exp=10, n_tex=10, image_size=S, encoder_depth=18,
-                 loss={"type": "DECALoss", "param": 1.0, "shape_vertex": 1.0})
+                 loss={"type": "DECALoss", "param": 1.0, "shape_vertex": 1.0, "shape_metric": 1.0})
     batch = collate([synth[0], synth[1]])
     model.train()
     out = model(batch)
@@ -97,7 +97,7 @@ def test_deca_forward_losses_eval_and_visuals(synth):
     assert out["image"].shape == [8, 3, S, S] and out["landmarks2d"].shape == [8, 68, 2]
     losses = model.losses(batch, out)
     for k in ("landmark", "eye_distance", "lip_distance", "photometric", "shape_reg", "expression_reg",
-              "tex_reg", "light_reg", "param", "shape_vertex", "loss"):
+              "tex_reg", "light_reg", "param", "shape_vertex", "shape_metric", "loss"):
         assert k in losses and np.isfinite(float(losses[k])), k
     losses["loss"].backward()
     g = model.encoder.head[2].weight.grad
@@ -227,3 +227,60 @@ def test_shape_diagnose_landmarks_match_the_dataset():
     moved = L * 3.0 + np.array([0.2, -0.1])
     np.testing.assert_allclose(normalise(moved), normalise(L), atol=1e-6)
     assert not np.allclose(normalise(L[:1]), normalise(L[1:2]))
+
+
+def test_test_flip_is_mirror_equivariant_on_the_shape_code(synth):
+    """``test_flip``: the shape code read from a mirrored image is the mirrored shape code, where
+    ``mirror_signs`` says how each coefficient mirrors (checked on FLAME meshes, not on the basis)."""
+    from scipy.spatial import cKDTree
+
+    from ppengine.data import collate
+    from ppface3d.models import DECA
+
+    paddle.seed(3)
+    model = DECA(n_shape=20, n_exp=10, n_tex=10, image_size=S, encoder_depth=18, encoder_width=16,
+                 test_flip=True)
+    sign = model.mirror_signs()
+    assert set(np.unique(sign).tolist()) <= {-1.0, 0.0, 1.0} and (sign != 0).sum() >= 10
+    # meaning of the signs: mirroring the mesh of shape s gives the mesh of sign * s
+    vt = model.flame.v_template.numpy()
+    pair = cKDTree(vt).query(vt * [-1.0, 1.0, 1.0])[1]
+    s = np.random.default_rng(0).normal(size=(1, 20)).astype(np.float32) * (sign != 0)
+    v = model.flame(shape=paddle.to_tensor(s)).vertices.numpy()[0]
+    vm = model.flame(shape=paddle.to_tensor(s * sign)).vertices.numpy()[0]
+    np.testing.assert_allclose(v[pair] * [-1.0, 1.0, 1.0], vm, atol=1e-4 * np.ptp(vt, 0).max())
+
+    model.eval()
+    x = collate([synth[0], synth[1]])["image"].reshape([-1, 3, S, S])
+    sign = sign.copy()
+    sign[:2] = 0  # as if the first two coefficients had no mirror symmetry (real FLAME may have such)
+    model._mirror = sign
+    sym = sign != 0
+    a = model.encode_test(x)["shape"].numpy()
+    b = model.encode_test(x.flip([3]))["shape"].numpy()
+    np.testing.assert_allclose(b[:, sym], (a * sign)[:, sym], rtol=1e-4, atol=1e-5)
+    plain = model.encode(x)["shape"].numpy()
+    np.testing.assert_array_equal(a[:, ~sym], plain[:, ~sym])  # no mirror symmetry: read directly
+    model.test_flip = False
+    a0 = model.encode_test(x)["shape"].numpy()
+    b0 = model.encode_test(x.flip([3]))["shape"].numpy()
+    assert not np.allclose(b0[:, sym], (a0 * sign)[:, sym], rtol=1e-3, atol=1e-4)  # the network alone is not
+
+
+def test_mirror_maps_need_a_symmetric_template():
+    """The generated FLAME: symmetric template, every shape direction mirror-symmetric (sign +1),
+    vertices paired with their mirror images; an asymmetric template gives no signs at all."""
+    from ppface3d.flame import FLAME
+    from ppface3d.flame.mirror import mirror_maps
+
+    flame = FLAME(n_shape=20, n_expression=10)
+    m = mirror_maps(flame)
+    vt = flame.v_template.numpy()
+    pair = m.vertex_pair
+    assert np.all(m.shape_sign == 1)
+    np.testing.assert_allclose(vt[pair] * [-1.0, 1.0, 1.0], vt, atol=1e-7)
+    # an involution except where the template has coincident vertices (lip seam)
+    assert np.mean(pair[pair] == np.arange(len(pair))) > 0.995
+    flame.v_template = paddle.to_tensor(vt + np.array([0.01, 0.0, 0.0], np.float32) * (vt[:, :1] > 0))
+    bad = mirror_maps(flame)
+    assert not bad.symmetric and np.all(bad.shape_sign == 0) and np.all(bad.exp_sign == 0)
