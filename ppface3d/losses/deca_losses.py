@@ -12,6 +12,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from ppengine.errors import ConfigError
 from ppengine.registry import LOSSES, MODELS
 
 # DECA's per-landmark weights (lossfunc.weighted_landmark_loss): chin sides, nose, mouth heavier.
@@ -139,16 +140,23 @@ class DECALoss:
             only when the batch carries it (synthetic data); 0 (DECA) = off.
         shape_param: weight of a supervised loss on the shape code alone: squared error summed
             over the predicted coefficients, averaged over images (synthetic data); 0 = off.
+        shape_metric: weight of a supervised shape-code loss weighted by what each coefficient
+            costs the evaluation: ``e M e`` with M from
+            :func:`ppface3d.losses.metrics.shape_error_matrix` (the mean squared face-region
+            vertex error in mm^2 after similarity alignment, to first order), averaged over
+            images (synthetic data); the model sets M (:meth:`set_shape_metric`); 0 = off.
     """
 
     def __init__(self, lmk: float = 1.0, weighted_landmarks: bool = True, eyed: float = 1.0,
                  lipd: float = 0.5, photo: float = 2.0, id: float = 0.2, identity_net: dict = None,
                  reg_shape: float = 1e-4, reg_exp: float = 1e-4, reg_tex: float = 1e-4,
                  reg_light: float = 1.0, shape_consistency: bool = True, param: float = 0.0,
-                 shape_vertex: float = 0.0, shape_param: float = 0.0, photo_start: int = 0):
+                 shape_vertex: float = 0.0, shape_param: float = 0.0, shape_metric: float = 0.0,
+                 photo_start: int = 0):
         self.w = dict(lmk=lmk, eyed=eyed, lipd=lipd, photo=photo, id=id, reg_shape=reg_shape,
                       reg_exp=reg_exp, reg_tex=reg_tex, reg_light=reg_light, param=param,
-                      shape_vertex=shape_vertex, shape_param=shape_param)
+                      shape_vertex=shape_vertex, shape_param=shape_param, shape_metric=shape_metric)
+        self.shape_metric_matrix = None
         self.weighted_landmarks = bool(weighted_landmarks)
         self.photo_start = int(photo_start)
         self.shape_consistency = bool(shape_consistency)
@@ -159,6 +167,10 @@ class DECALoss:
             for p in net.parameters():
                 p.stop_gradient = True
             self.identity_net = net
+
+    def set_shape_metric(self, matrix: np.ndarray):
+        """The (n_shape, n_shape) matrix of the ``shape_metric`` term."""
+        self.shape_metric_matrix = paddle.to_tensor(np.asarray(matrix, np.float32))
 
     @property
     def use_identity(self) -> bool:
@@ -214,6 +226,14 @@ class DECALoss:
         if w["shape_param"] > 0 and "shape" in target and "shape" in codes:
             n = min(codes["shape"].shape[1], target["shape"].shape[1])
             out["shape_param"] = ((codes["shape"][:, :n] - target["shape"][:, :n]) ** 2).sum(1).mean() * w["shape_param"]
+        if w["shape_metric"] > 0 and "shape" in target and "shape" in codes:
+            M = self.shape_metric_matrix
+            if M is None:
+                raise ConfigError("model.loss.shape_metric > 0 needs the shape error matrix; DECA sets it "
+                                  "(set_shape_metric), a standalone DECALoss must be given one")
+            n = M.shape[0]
+            e = codes["shape"][:, :n] - target["shape"][:, :n]
+            out["shape_metric"] = (paddle.matmul(e, M) * e).sum(1).mean() * w["shape_metric"]
         if w["shape_vertex"] > 0 and "verts_neutral" in pred and "gt_verts_neutral" in target:
             d = paddle.sqrt(((pred["verts_neutral"] - target["gt_verts_neutral"]) ** 2).sum(-1) + 1e-12)
             out["shape_vertex"] = d.mean() * 1000.0 * w["shape_vertex"]

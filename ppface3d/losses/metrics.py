@@ -87,6 +87,31 @@ def crop_scan(verts: np.ndarray, center: np.ndarray, radius: float) -> np.ndarra
     return verts[np.linalg.norm(verts - center[None], axis=1) <= radius]
 
 
+def shape_error_matrix(flame, n_shape: int, radius: float = 0.095, unit: float = 1000.0) -> np.ndarray:
+    """(n_shape, n_shape) matrix M such that, for a small shape-code error e, ``e M e`` is the mean
+    squared vertex distance (in ``unit``^2, mm^2 by default) between the two neutral meshes over
+    the face region the scan-to-mesh metric scores (within ``radius`` of the nose tip of the
+    mean face), after the best similarity alignment (to first order: the basis directions with
+    the translations, rotations and uniform scaling of that region projected out). A loss
+    ``e M e`` weighs each coefficient by what it costs the NoW-style error."""
+    import paddle
+
+    with paddle.no_grad():
+        mean = flame(shape=paddle.zeros([1, flame.n_shape]))
+    lmk = (mean.landmarks_full68 if mean.landmarks_full68 is not None else mean.landmarks).numpy()[0]
+    vt = flame.v_template.numpy().astype(np.float64)
+    face = np.linalg.norm(vt - lmk[30], axis=1) <= radius
+    v = vt[face]
+    c = v.mean(0)
+    similarity = ([np.tile(e, (len(v), 1)) for e in np.eye(3)]  # translations
+                  + [np.cross(e, v - c) for e in np.eye(3)]  # infinitesimal rotations
+                  + [v - c])  # scale
+    Q, _ = np.linalg.qr(np.stack([d.reshape(-1) for d in similarity], 1))
+    B = flame.dirs.numpy()[:n_shape].astype(np.float64).reshape(n_shape, -1, 3)[:, face].reshape(n_shape, -1).T
+    B = B - Q @ (Q.T @ B)
+    return (B.T @ B / len(v) * unit ** 2).astype(np.float32)
+
+
 def landmark_nme(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """Per-image mean landmark error over the outer-eye-corner distance (36-45).
 

@@ -149,3 +149,40 @@ def test_identity_loss_is_pluggable():
     out = loss({}, {"landmarks2d": paddle.zeros([2, 68, 2]), "identity_image": img, "image": img},
                {"landmark": paddle.zeros([2, 68, 3]), "image": img, "mask": paddle.ones([2, 32, 32])})
     assert float(out["identity"]) == pytest.approx(0.0, abs=1e-5)  # same image -> same identity
+
+
+def test_shape_error_matrix_matches_similarity_aligned_mesh_error():
+    """e M e = mean squared face-region vertex distance (mm^2) after the best similarity
+    alignment (Umeyama, scikit-image), for small shape-code errors e; the loss term uses it."""
+    from ppengine.errors import ConfigError
+    from ppface3d.flame import FLAME
+    from ppface3d.losses import DECALoss
+    from ppface3d.losses.metrics import shape_error_matrix, similarity_align, transform_points
+
+    flame = FLAME(n_shape=10, n_expression=5)
+    M = shape_error_matrix(flame, 10)
+    assert M.shape == (10, 10) and np.allclose(M, M.T, atol=1e-6) and np.linalg.eigvalsh(M).min() > -1e-6
+    with paddle.no_grad():
+        mean = flame(shape=paddle.zeros([1, 10]))
+    vt = flame.v_template.numpy().astype(np.float64)
+    face = np.linalg.norm(vt - mean.landmarks_full68.numpy()[0, 30], axis=1) <= 0.095
+    rng = np.random.default_rng(0)
+    E = rng.normal(size=(4, 10)).astype(np.float32) * 0.05
+    with paddle.no_grad():
+        base = flame(shape=paddle.zeros([1, 10])).vertices.numpy()[0][face]
+        moved = flame(shape=paddle.to_tensor(E)).vertices.numpy()[:, face]
+    for e, v in zip(E, moved):
+        aligned = transform_points(similarity_align(v, base), v)
+        direct = (((aligned - base) * 1000.0) ** 2).sum(1).mean()
+        assert e @ M @ e == pytest.approx(direct, rel=0.03)
+    # the loss term: e M e averaged over images; it needs the matrix
+    loss = DECALoss(shape_metric=2.0, lmk=0, eyed=0, lipd=0, photo=0, reg_shape=0, reg_exp=0, reg_tex=0,
+                    reg_light=0)
+    codes = {"shape": paddle.to_tensor(E)}
+    target = {"shape": paddle.zeros([4, 10]), "landmark": paddle.zeros([4, 68, 3])}
+    pred = {"landmarks2d": paddle.zeros([4, 68, 2])}
+    with pytest.raises(ConfigError, match="shape error matrix"):
+        loss(codes, pred, target)
+    loss.set_shape_metric(M)
+    want = 2.0 * np.mean([e @ M @ e for e in E])
+    assert float(loss(codes, pred, target)["shape_metric"]) == pytest.approx(want, rel=1e-4)
