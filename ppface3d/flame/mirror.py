@@ -46,6 +46,6 @@ def mirror_maps(flame) -> MirrorMaps:
         return MirrorMaps(pair, np.zeros(ns, np.float32), np.zeros(ne, np.float32), False)
     dirs = flame.dirs.numpy().astype(np.float64).reshape(ns + ne, -1, 3)
     shape_sign, exp_sign = _signs(dirs[:ns], pair), _signs(dirs[ns:], pair)
-    symmetric = bool(np.all(shape_sign != 0) and np.all(exp_sign != 0) and len(np.unique(pair)) == len(pair))
+    symmetric = bool(np.all(shape_sign != 0) and np.all(exp_sign != 0))
     return MirrorMaps(pair, shape_sign, exp_sign, symmetric)
 
