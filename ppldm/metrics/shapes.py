@@ -114,7 +114,9 @@ def check_caption(image: np.ndarray, caption: str) -> dict:
     """Per-image scores (0/1) of ``image`` [H, W, 3] in [0, 1] against ``caption``:
     ``color`` (fraction of named colours present), ``object`` (fraction of named colour+shape
     objects present), ``relation`` (the two objects stand in the named relation; None for one
-    object) and ``all`` (every object and the relation correct)."""
+    object), ``color_relation`` (the relation read from the two named colours alone, whatever
+    their shapes: whether positions follow the text even where a shape is drawn wrong; None for
+    one object) and ``all`` (every object and the relation correct)."""
     objs, rel = parse_caption(caption)
     if objs is None:
         raise ValueError(f"caption {caption!r} is not of the form 'a <colour> <shape> [<relation> a <colour> <shape>]'")
@@ -127,11 +129,16 @@ def check_caption(image: np.ndarray, caption: str) -> dict:
             used.add(id(d))
         obj_hits += d is not None
         found.append(d)
-    r = None
+    r = rc = None
     if rel is not None:
         r = float(all(f is not None for f in found) and relation(found[0], found[1]) == rel)
+        (c0, s0), (c1, s1) = objs
+        a = _find(dets, c0, s0) or _find(dets, c0)  # the named shape where drawn, else the colour alone
+        b = (_find(dets, c1, s1, {id(a)}) or _find(dets, c1, used={id(a)})) if a is not None else None
+        rc = float(b is not None and relation(a, b) == rel)
     allok = float(obj_hits == len(objs) and (r is None or r == 1.0))
-    return {"color": color_hits / len(objs), "object": obj_hits / len(objs), "relation": r, "all": allok}
+    return {"color": color_hits / len(objs), "object": obj_hits / len(objs), "relation": r,
+            "color_relation": rc, "all": allok}
 
 
 def check_layout(image: np.ndarray, boxes: np.ndarray) -> dict:
@@ -199,9 +206,11 @@ class ShapesCaptionAccuracy(_PerImageChecks):
 
     def summarize(self, rows):
         rel = [r["relation"] for r in rows if r["relation"] is not None]
+        rel_c = [r["color_relation"] for r in rows if r["color_relation"] is not None]
         return {"color_acc": float(np.mean([r["color"] for r in rows])),
                 "object_acc": float(np.mean([r["object"] for r in rows])),
                 "relation_acc": float(np.mean(rel)) if rel else float("nan"),
+                "color_relation_acc": float(np.mean(rel_c)) if rel_c else float("nan"),
                 "caption_acc": float(np.mean([r["all"] for r in rows]))}
 
 

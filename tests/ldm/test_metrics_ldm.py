@@ -49,6 +49,7 @@ def test_shapes_checker_on_ground_truth_and_on_wrong_captions():
     lay.update(batch, imgs)
     c, l = cap.compute(), lay.compute()
     assert c["caption_acc"] >= 0.95 and c["color_acc"] >= 0.98 and c["relation_acc"] >= 0.9
+    assert c["color_relation_acc"] >= 0.9
     assert l["layout_object_acc"] >= 0.95 and l["box_iou"] >= 0.75
     assert l["color_found"] >= 0.97 and l["box_iou_found"] >= 0.75
     # the right objects in the wrong places: found, but the IoU given found collapses
@@ -67,6 +68,12 @@ def test_shapes_checker_on_ground_truth_and_on_wrong_captions():
     flip = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}[rel]
     wrong = f"a {objs[0][0]} {objs[0][1]} {flip} a {objs[1][0]} {objs[1][1]}"
     assert check_caption(sc.image, sc.caption)["all"] == 1 and check_caption(sc.image, wrong)["relation"] == 0
+    assert check_caption(sc.image, wrong)["color_relation"] == 0
+    # the relation read from the colours alone ignores a wrong shape; the full relation does not
+    other = {"circle": "square", "square": "triangle", "triangle": "circle"}[objs[1][1]]
+    wrong_shape = f"a {objs[0][0]} {objs[0][1]} {rel} a {objs[1][0]} {other}"
+    r = check_caption(sc.image, wrong_shape)
+    assert r["color_relation"] == 1 and r["relation"] == 0 and r["all"] == 0
 
 
 def test_shapes_detector_shapes_and_boxes():
