@@ -63,7 +63,9 @@ class DataStream:
 
     ``fixed_shards``: with several ranks, each keeps the same share of the dataset every epoch
     (instead of a new share per epoch), so a dataset that generates and caches its items in
-    memory (e.g. ``SyntheticFaces``) makes each item once, on one rank.
+    memory (e.g. ``SyntheticFaces``) makes each item once, on one rank. A dataset with a
+    ``prepare(indices)`` method is told, at the start of every epoch, the order in which its items
+    will be read.
     """
 
     def __init__(self, dataset, batch_size: int, shuffle: bool = True, drop_last: bool = True,
@@ -87,6 +89,9 @@ class DataStream:
     def _start(self):
         self.sampler.set_epoch(self.seed * 100003 + self.epoch)
         batches = list(iter(self.sampler))[self.pos:]
+        prepare = getattr(self.dataset, "prepare", None)
+        if callable(prepare):  # a dataset that generates items may make the coming ones together
+            prepare([i for b in batches for i in b])
         loader = paddle.io.DataLoader(self.dataset, batch_sampler=_FixedBatches(batches),
                                       num_workers=self.num_workers, collate_fn=collate)
         self._it = iter(loader)

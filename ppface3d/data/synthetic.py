@@ -31,6 +31,8 @@ from ppengine.registry import DATASETS
 
 _SPLITS = {"train": 0, "val": 1, "test": 2}
 _DEFAULT_SUBJECTS = {"train": 2000, "val": 32, "test": 64}
+# SH basis 1, x, y, z, xy, xz, yz, x^2 - y^2, 3 z^2 - 1 (DECA's order): the x-odd ones flip in a mirror
+_SH_MIRROR = np.array([1, -1, 1, 1, -1, -1, 1, 1, 1], np.float32)
 _PHOTOS = ("coffee", "chelsea", "rocket", "brick", "grass", "gravel", "coins", "moon", "page", "text", "camera")
 
 
@@ -128,6 +130,18 @@ class SyntheticFaces(paddle.io.Dataset):
             brightness, contrast and pixel noise. It keeps a network from memorising the cached
             images (measured in docs/deca.md). Draws from NumPy's global generator, which the
             engine reseeds every step, so a resumed run sees the same augmentations.
+        flip: training augmentation: with probability 0.5 a sample (all K images) is mirrored
+            left-right with its labels: landmarks mirrored and re-paired (iBUG-68 order), shape and
+            expression codes through the model's mirror symmetry (:func:`~ppface3d.flame.mirror.mirror_maps`),
+            pose, camera and light mirrored, neutral meshes mirrored. A coefficient with no mirror
+            counterpart (sign 0) is masked out of the supervised losses (``shape_mask`` /
+            ``exp_mask``, ones when not mirrored), and a landmark whose mirror image is not its
+            partner on the model (more than 1 mm off at the mean face) gets confidence 0.
+        geometry: also return ``geometry`` (K, 5, S/8, S/8): per 8x8-pixel cell the rendered
+            face's mean normal (x, y, z), mean depth relative to the face's mean depth (screen
+            NDC), and the fraction of the cell the face covers: the target of DECA's auxiliary
+            ``loss.geometry`` term. Needs S divisible by 8.
+        render_batch: subjects rendered together when the read order is known (:meth:`prepare`).
     """
 
     def __init__(self, split: str = "train", num_subjects: Optional[int] = None, K: int = 1,
@@ -139,7 +153,7 @@ class SyntheticFaces(paddle.io.Dataset):
                  flame_model_path: Optional[str] = None, flame_landmark_path: Optional[str] = None,
                  albedo_path: Optional[str] = None, uv_size: int = 64, albedo_seed: int = 0,
                  seed: int = 0, cache: bool = True, return_vertices: bool = True, render_backend: str = "auto",
-                 augment: bool = False):
+                 augment: bool = False, flip: bool = False, geometry: bool = False, render_batch: int = 32):
         super().__init__()
         if split not in _SPLITS:
             raise ConfigError(f"SyntheticFaces split={split!r}: use one of {list(_SPLITS)}")
@@ -157,9 +171,16 @@ class SyntheticFaces(paddle.io.Dataset):
         self.cache = bool(cache)
         self.return_vertices = bool(return_vertices)
         self.augment = bool(augment)
+        self.flip = bool(flip)
+        self.geometry = bool(geometry)
+        if self.geometry and self.S % 8:
+            raise ConfigError(f"SyntheticFaces(geometry=True) needs image_size divisible by 8, got {self.S}")
+        self._mirror = None
         self._cache: Dict[int, dict] = {}
         self._gen = None
         self._bg_pool = None
+        self.render_batch = int(render_batch)
+        self._pending, self._pending_pos = [], 0
 
     def __len__(self) -> int:
         return self.num_subjects
@@ -210,54 +231,108 @@ class SyntheticFaces(paddle.io.Dataset):
         return dict(shape=f32(shape), tex=f32(tex), exp=f32(exp), pose=f32(pose), light=f32(light), jitter=jit)
 
     @paddle.no_grad()
-    def posed(self, c: Dict[str, np.ndarray]):
-        """The K posed FLAME outputs of codes ``c`` (from :meth:`sample_codes`) and their
-        jittered DECA-crop cameras (K, 3) (numpy); no rendering."""
+    def _posed_many(self, cs):
+        """Posed FLAME outputs of the codes ``cs`` (a list from :meth:`sample_codes`), K images
+        each in order, and their jittered DECA-crop cameras (len(cs) * K, 3) (numpy)."""
         from ..models.deca import framing_camera
 
         flame = self._parts()[0]
         t = paddle.to_tensor
-        shape = t(np.tile(c["shape"][None], (self.K, 1)))
-        fo = flame(shape=shape, expression=t(c["exp"]), global_pose=t(c["pose"][:, :3]), jaw_pose=t(c["pose"][:, 3:]))
+        cat = lambda f: np.concatenate([f(c) for c in cs])  # noqa: E731
+        shape = np.repeat(np.stack([c["shape"] for c in cs]), self.K, 0)
+        pose = cat(lambda c: c["pose"])
+        fo = flame(shape=t(shape), expression=t(cat(lambda c: c["exp"])), global_pose=t(pose[:, :3]),
+                   jaw_pose=t(pose[:, 3:]))
         cam = framing_camera(fo.landmarks.numpy())
-        j = c["jitter"]
-        cam[:, 0] *= j["scale"]
-        cam[:, 1:] += j["trans"] / cam[:, :1]
+        cam[:, 0] *= cat(lambda c: c["jitter"]["scale"])
+        cam[:, 1:] += cat(lambda c: c["jitter"]["trans"]) / cam[:, :1]
         return fo, cam
 
+    def posed(self, c: Dict[str, np.ndarray]):
+        """The K posed FLAME outputs of codes ``c`` (from :meth:`sample_codes`) and their
+        jittered DECA-crop cameras (K, 3) (numpy); no rendering."""
+        return self._posed_many([c])
+
     @paddle.no_grad()
-    def _generate(self, i: int) -> dict:
+    def _generate_many(self, indices) -> list:
+        """Render subjects ``indices`` in one batch (each sample is the same as rendering it
+        alone: every random draw is a function of its own index)."""
         from ..models.deca import DECA
         from ..render import OrthographicCamera
 
         flame, albedo_model, renderer, photos = self._parts()
-        c = self.sample_codes(i)
-        K = self.K
+        indices = [int(i) for i in indices]
+        cs = [self.sample_codes(i) for i in indices]
+        K, n = self.K, len(indices)
         t = paddle.to_tensor
-        j = c["jitter"]
-        fo, cam = self.posed(c)
+        fo, cam = self._posed_many(cs)
         camera = OrthographicCamera(t(cam))
-        alb = albedo_model(t(c["tex"][None])).expand([K, 3, albedo_model.uv_size, albedo_model.uv_size])
-        bgs = np.stack([make_background(np.random.default_rng(int(s)), self.S, photos) for s in j["bg_seed"]])
-        r = renderer(fo.vertices, camera, albedos=alb, lights=t(c["light"]), background=t(bgs))
-        img = r["images"].numpy()
-        noise_rng = self._rng(i + 10 ** 7)
-        img = img + noise_rng.normal(size=img.shape).astype(np.float32) * j["noise"][:, None, None, None]
-        img = np.clip(img, 0, 1)
-        lmk2d = camera.project(fo.landmarks).numpy()
-        neutral = flame(shape=t(c["shape"][None]))
-        lm_n = DECA._lmk68(neutral)
-        return {
-            "image": (img * 255 + 0.5).astype(np.uint8),
-            "landmark": np.concatenate([lmk2d, np.ones((K, 68, 1), np.float32)], -1).astype(np.float32),
-            "mask": (r["alpha_images"].numpy()[:, 0] > 0.5).astype(np.uint8),
-            "shape": c["shape"], "tex": c["tex"], "exp": c["exp"], "pose": c["pose"], "cam": cam,
-            "light": c["light"],
-            "vertices": fo.vertices.numpy().astype(np.float16) if self.return_vertices else None,
-            "gt_verts_neutral": neutral.vertices.numpy()[0].astype(np.float32),
-            "gt_lmk3d_neutral": lm_n.numpy()[0].astype(np.float32),
-            "subject": np.int64(i),
-        }
+        alb = albedo_model(t(np.stack([c["tex"] for c in cs])))
+        alb = alb.unsqueeze(1).expand([n, K] + alb.shape[1:]).reshape([n * K] + alb.shape[1:])
+        bgs = np.stack([make_background(np.random.default_rng(int(s)), self.S, photos)
+                        for c in cs for s in c["jitter"]["bg_seed"]])
+        lights = np.concatenate([c["light"] for c in cs])
+        r = renderer(fo.vertices, camera, albedos=alb, lights=t(lights), background=t(bgs))
+        img = r["images"].numpy().reshape([n, K, 3, self.S, self.S])
+        mask = (r["alpha_images"].numpy()[:, 0] > 0.5).astype(np.uint8).reshape([n, K, self.S, self.S])
+        lmk2d = camera.project(fo.landmarks).numpy().reshape([n, K, 68, 2])
+        verts = fo.vertices.numpy().astype(np.float16).reshape([n, K, -1, 3]) if self.return_vertices else None
+        neutral = flame(shape=t(np.stack([c["shape"] for c in cs])))
+        lm_n = DECA._lmk68(neutral).numpy()
+        v_n = neutral.vertices.numpy()
+        cam = cam.reshape([n, K, 3])
+        geo = self._geometry_maps(r).reshape([n, K, 5, self.S // 8, self.S // 8]) if self.geometry else None
+        out = []
+        for j, (i, c) in enumerate(zip(indices, cs)):
+            noise = self._rng(i + 10 ** 7).normal(size=img[j].shape).astype(np.float32)
+            im = np.clip(img[j] + noise * c["jitter"]["noise"][:, None, None, None], 0, 1)
+            out.append({
+                "image": (im * 255 + 0.5).astype(np.uint8),
+                "landmark": np.concatenate([lmk2d[j], np.ones((K, 68, 1), np.float32)], -1).astype(np.float32),
+                "mask": mask[j],
+                "shape": c["shape"], "tex": c["tex"], "exp": c["exp"], "pose": c["pose"], "cam": cam[j],
+                "light": c["light"],
+                "vertices": None if verts is None else verts[j],
+                "gt_verts_neutral": v_n[j].astype(np.float32),
+                "gt_lmk3d_neutral": lm_n[j].astype(np.float32),
+                "subject": np.int64(i),
+            })
+            if geo is not None:
+                out[-1]["geometry"] = geo[j]
+        return out
+
+    @staticmethod
+    def _geometry_maps(r) -> np.ndarray:
+        """Renderer outputs -> (N, 5, S/8, S/8) float16 cell maps (see ``geometry``)."""
+        F = paddle.nn.functional
+        m = (r["alpha_images"] > 0.5).astype("float32")
+        d = r["depth_images"]
+        d = d - (d * m).sum([2, 3], keepdim=True) / m.sum([2, 3], keepdim=True).clip(min=1.0)
+        cover = F.avg_pool2d(m, 8)
+        maps = F.avg_pool2d(paddle.concat([r["normal_images"], d], 1) * m, 8) / cover.clip(min=1e-3)
+        return paddle.concat([maps * (cover > 0).astype("float32"), cover], 1).numpy().astype(np.float16)
+
+    def _generate(self, i: int) -> dict:
+        return self._generate_many([i])[0]
+
+    def prepare(self, indices) -> None:
+        """The order in which the next items will be read (the training data stream calls this
+        at every epoch): a cache miss then renders the next ``render_batch`` uncached subjects
+        of that order together, which is about twice as fast per subject as one at a time."""
+        self._pending = [int(i) for i in indices] if self.cache else []
+        self._pending_pos = 0
+
+    def _chunk(self, i: int) -> list:
+        """``i`` and the next uncached subjects of the prepared order (up to ``render_batch``)."""
+        chunk, seen = [i], {i}
+        p = self._pending
+        while self._pending_pos < len(p) and len(chunk) < self.render_batch:
+            j = p[self._pending_pos]
+            self._pending_pos += 1
+            if j not in seen and j not in self._cache and 0 <= j < len(self):
+                chunk.append(j)
+                seen.add(j)
+        return chunk
 
     def _augment(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """image (K, 3, S, S) float [0, 1], mask (K, S, S) -> augmented copy (see ``augment``)."""
@@ -279,15 +354,61 @@ class SyntheticFaces(paddle.io.Dataset):
         out += r.standard_normal(out.shape, dtype=np.float32) * u(0.0, 0.03, (K, 1, 1, 1))
         return np.clip(out, 0.0, 1.0, out=out)
 
+    def _mirror_tables(self):
+        if self._mirror is None:
+            from ..flame.mirror import IBUG68_MIRROR, MIRROR_X, mirror_maps
+            from ..models.deca import DECA
+
+            flame = self._parts()[0]
+            maps = mirror_maps(flame)
+            lm = DECA._lmk68(flame(shape=paddle.zeros([1, self.n_shape]))).numpy()[0]
+            off = np.linalg.norm(lm[IBUG68_MIRROR] - lm * MIRROR_X, axis=-1)  # landmark j vs mirrored partner
+            self._mirror = dict(maps=maps, lmk_ok=(off < 1e-3).astype(np.float32))
+        return self._mirror
+
+    def _mirrored(self, out: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The sample ``out`` (from :meth:`__getitem__`) mirrored left-right, labels included."""
+        from ..flame.mirror import IBUG68_MIRROR, MIRROR_X
+
+        t = self._mirror_tables()
+        maps = t["maps"]
+        o = dict(out)
+        o["image"] = np.ascontiguousarray(out["image"][..., ::-1])
+        o["mask"] = np.ascontiguousarray(out["mask"][..., ::-1])
+        lm = out["landmark"][:, IBUG68_MIRROR].copy()
+        lm[..., 0] *= -1.0  # screen NDC: x -> -x is the pixel flip (pixel centres are symmetric)
+        lm[..., 2] *= t["lmk_ok"]
+        o["landmark"] = lm
+        o["shape"] = out["shape"] * maps.shape_sign[: len(out["shape"])]
+        o["shape_mask"] = out["shape_mask"] * (maps.shape_sign[: len(out["shape"])] != 0)
+        ne = out["exp"].shape[-1]
+        o["exp"] = out["exp"] * maps.exp_sign[:ne]
+        o["exp_mask"] = out["exp_mask"] * (maps.exp_sign[:ne] != 0)
+        axis_angle = np.array([1, -1, -1], np.float32)  # rotation R -> M R M with M = diag(-1, 1, 1)
+        o["pose"] = out["pose"] * np.tile(axis_angle, out["pose"].shape[-1] // 3)
+        o["cam"] = out["cam"] * np.array([1, -1, 1], np.float32)
+        o["light"] = out["light"] * _SH_MIRROR[:, None]
+        for k in ("vertices", "gt_verts_neutral"):
+            if k in out:
+                o[k] = out[k][:, maps.vertex_pair] * MIRROR_X
+        o["gt_lmk3d_neutral"] = out["gt_lmk3d_neutral"][:, IBUG68_MIRROR] * MIRROR_X
+        if "geometry" in out:
+            g = out["geometry"][..., ::-1].copy()
+            g[:, 0] *= -1.0  # normal x
+            o["geometry"] = g
+        return o
+
     def __getitem__(self, i: int) -> Dict[str, np.ndarray]:
         i = int(i)
         if i < 0 or i >= len(self):
             raise IndexError(i)
         s = self._cache.get(i)
         if s is None:
-            s = self._generate(i)
-            if self.cache:
-                self._cache[i] = s
+            chunk = self._chunk(i) if self.cache else [i]
+            for j, sj in zip(chunk, self._generate_many(chunk)):
+                if self.cache:
+                    self._cache[j] = sj
+            s = sj if not self.cache else self._cache[i]
         out = dict(s)
         out["image"] = s["image"].astype(np.float32) / 255.0
         out["mask"] = s["mask"].astype(np.float32)
@@ -295,8 +416,16 @@ class SyntheticFaces(paddle.io.Dataset):
             out["image"] = self._augment(out["image"], out["mask"])
         out["gt_verts_neutral"] = np.repeat(s["gt_verts_neutral"][None], self.K, 0)
         out["gt_lmk3d_neutral"] = np.repeat(s["gt_lmk3d_neutral"][None], self.K, 0)
+        if "geometry" in s:
+            out["geometry"] = s["geometry"].astype(np.float32)
         if s["vertices"] is None:
             del out["vertices"]
         else:
             out["vertices"] = s["vertices"].astype(np.float32)
+        if self.flip:
+            n_sh = len(s["shape"])
+            out["shape_mask"] = np.ones(n_sh, np.float32)
+            out["exp_mask"] = np.ones_like(s["exp"])
+            if np.random.random() < 0.5:
+                out = self._mirrored(out)
         return out

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 MIRROR_X = np.array([-1.0, 1.0, 1.0], np.float32)
+# iBUG-68 landmark j of a mirrored face is the mirror image of landmark IBUG68_MIRROR[j] of the face
+IBUG68_MIRROR = np.array(list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30, 35, 34, 33, 32, 31]
+                         + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]
+                         + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65])
 
 
 @dataclass

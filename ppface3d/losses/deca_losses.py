@@ -145,6 +145,10 @@ class DECALoss:
             :func:`ppface3d.losses.metrics.shape_error_matrix` (the mean squared face-region
             vertex error in mm^2 after similarity alignment, to first order), averaged over
             images (synthetic data); the model sets M (:meth:`set_shape_metric`); 0 = off.
+        geometry: weight of a dense auxiliary term (synthetic data; not in DECA): the encoder's
+            stride-8 features predict the rendered face's normals and relative depth per cell
+            (``SyntheticFaces(geometry=True)``), L1 weighted by the face's coverage of each
+            cell; the model adds the small prediction head when this is > 0; 0 = off.
     """
 
     def __init__(self, lmk: float = 1.0, weighted_landmarks: bool = True, eyed: float = 1.0,
@@ -152,10 +156,11 @@ class DECALoss:
                  reg_shape: float = 1e-4, reg_exp: float = 1e-4, reg_tex: float = 1e-4,
                  reg_light: float = 1.0, shape_consistency: bool = True, param: float = 0.0,
                  shape_vertex: float = 0.0, shape_param: float = 0.0, shape_metric: float = 0.0,
-                 photo_start: int = 0):
+                 geometry: float = 0.0, photo_start: int = 0):
         self.w = dict(lmk=lmk, eyed=eyed, lipd=lipd, photo=photo, id=id, reg_shape=reg_shape,
                       reg_exp=reg_exp, reg_tex=reg_tex, reg_light=reg_light, param=param,
-                      shape_vertex=shape_vertex, shape_param=shape_param, shape_metric=shape_metric)
+                      shape_vertex=shape_vertex, shape_param=shape_param, shape_metric=shape_metric,
+                      geometry=geometry)
         self.shape_metric_matrix = None
         self.weighted_landmarks = bool(weighted_landmarks)
         self.photo_start = int(photo_start)
@@ -182,6 +187,16 @@ class DECALoss:
             return False
         return self.w["photo"] > 0 or self.use_identity
 
+    @staticmethod
+    def _code_error(codes, target, k: str, n: int = None) -> paddle.Tensor:
+        """Predicted minus ground-truth code ``k`` over their common leading coefficients (or the
+        first ``n``), zero where ``target[k + '_mask']`` (e.g. a mirrored training image's
+        coefficients with no mirror counterpart) is 0."""
+        n = min(codes[k].shape[1], target[k].shape[1]) if n is None else n
+        e = codes[k][:, :n] - target[k][:, :n]
+        m = target.get(k + "_mask")
+        return e if m is None else e * m[:, :n]
+
     def __call__(self, codes: Dict[str, paddle.Tensor], pred: Dict[str, paddle.Tensor],
                  target: Dict[str, paddle.Tensor]) -> Dict[str, paddle.Tensor]:
         """Weighted loss terms and their sum under 'loss'.
@@ -190,7 +205,8 @@ class DECALoss:
         pred: 'landmarks2d' (N, 68, 2); optional 'image' (N, 3, H, W) render and
             'identity_image' (N, 3, H, W) for the identity loss.
         target: 'landmark' (N, 68, 3); 'image' (N, 3, H, W); 'mask' (N, H, W); optional
-            ground-truth codes 'shape', 'exp', 'pose' for the supervised ``param`` term.
+            ground-truth codes 'shape', 'exp', 'pose' for the supervised ``param`` term, with
+            optional 0/1 masks 'shape_mask', 'exp_mask' of the same shapes.
         """
         w = self.w
         out = {}
@@ -219,21 +235,29 @@ class DECALoss:
             terms = []
             for k in ("shape", "exp", "pose"):
                 if k in target and k in codes:
-                    n = min(codes[k].shape[1], target[k].shape[1])
-                    terms.append(((codes[k][:, :n] - target[k][:, :n]) ** 2).mean())
+                    terms.append((self._code_error(codes, target, k) ** 2).mean())
             if terms:
                 out["param"] = paddle.add_n(terms) * w["param"]
         if w["shape_param"] > 0 and "shape" in target and "shape" in codes:
-            n = min(codes["shape"].shape[1], target["shape"].shape[1])
-            out["shape_param"] = ((codes["shape"][:, :n] - target["shape"][:, :n]) ** 2).sum(1).mean() * w["shape_param"]
+            out["shape_param"] = (self._code_error(codes, target, "shape") ** 2).sum(1).mean() * w["shape_param"]
         if w["shape_metric"] > 0 and "shape" in target and "shape" in codes:
             M = self.shape_metric_matrix
             if M is None:
                 raise ConfigError("model.loss.shape_metric > 0 needs the shape error matrix; DECA sets it "
                                   "(set_shape_metric), a standalone DECALoss must be given one")
             n = M.shape[0]
-            e = codes["shape"][:, :n] - target["shape"][:, :n]
+            e = self._code_error(codes, target, "shape", n)
             out["shape_metric"] = (paddle.matmul(e, M) * e).sum(1).mean() * w["shape_metric"]
+        if w["geometry"] > 0 and "aux_geometry" in codes and "geometry" in target:
+            g, t = codes["aux_geometry"], target["geometry"]
+            if list(g.shape[1:]) != [t.shape[1] - 1] + list(t.shape[2:]):
+                raise ConfigError(f"model.loss.geometry: the encoder predicts maps {list(g.shape[1:])} but the data "
+                                  f"gives {list(t.shape[1:])} (channels + coverage); use SyntheticFaces(geometry=True) "
+                                  "with an image size divisible by 8")
+            cover = t[:, -1:]
+            out["geometry"] = ((g - t[:, :-1]).abs() * cover).sum() / (cover.sum() * g.shape[1] + 1e-6) * w["geometry"]
+        elif "aux_geometry" in codes:  # data without the maps (photos): the head gets zero gradients
+            out["geometry"] = codes["aux_geometry"].mean() * 0.0
         if w["shape_vertex"] > 0 and "verts_neutral" in pred and "gt_verts_neutral" in target:
             d = paddle.sqrt(((pred["verts_neutral"] - target["gt_verts_neutral"]) ** 2).sum(-1) + 1e-12)
             out["shape_vertex"] = d.mean() * 1000.0 * w["shape_vertex"]

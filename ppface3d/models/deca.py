@@ -44,6 +44,10 @@ def framing_camera(landmarks3d: np.ndarray) -> np.ndarray:
     return np.stack([s, -c[..., 0], -c[..., 1]], -1).astype(np.float32)
 
 
+# loss.geometry: channels predicted per cell (normal x, y, z, relative depth; the data adds coverage)
+GEOMETRY_CHANNELS = 4
+
+
 def sh_ambient(level: float = 1.0) -> np.ndarray:
     """(9, 3) SH coefficients of a uniform white light giving shading ``level``."""
     from ..render.shading import SH_CONSTANTS
@@ -102,11 +106,12 @@ class DECA(nn.Layer):
             mean = self.flame(shape=paddle.zeros([1, n_shape]))
         self._mean_lmk = self._lmk68(mean).numpy()[0]
         cam0 = framing_camera(self._mean_lmk)
+        self.loss_fn = LOSSES.build(loss or {"type": "DECALoss"}, key_path="model.loss")
+        aux = GEOMETRY_CHANNELS if getattr(self.loss_fn, "w", {}).get("geometry", 0) > 0 else 0
         self.encoder = ResNetEncoder(self.code_sizes, depth=encoder_depth, hidden=encoder_hidden,
                                      cam_init=tuple(cam0.tolist()), light_init=sh_ambient(1.0).reshape(-1),
                                      pretrained=encoder_weights, width=encoder_width, pool=encoder_pool,
-                                     image_size=self.image_size)
-        self.loss_fn = LOSSES.build(loss or {"type": "DECALoss"}, key_path="model.loss")
+                                     image_size=self.image_size, aux_channels=aux)
         if getattr(self.loss_fn, "w", {}).get("shape_metric", 0) > 0:
             from ..losses.metrics import shape_error_matrix
 
@@ -233,14 +238,15 @@ class DECA(nn.Layer):
 
     def _targets(self, batch: Dict, doubled: bool) -> Dict[str, paddle.Tensor]:
         t = {}
-        for k in ("landmark", "image", "mask", "shape", "exp", "pose", "gt_verts_neutral"):
+        for k in ("landmark", "image", "mask", "shape", "exp", "pose", "gt_verts_neutral", "shape_mask", "exp_mask",
+                  "geometry"):
             if k in batch and isinstance(batch[k], paddle.Tensor):
                 v = batch[k]
                 if k == "image" and v.ndim == 4:
                     v = v.unsqueeze(1)
                 if k in ("landmark", "image", "mask") or v.ndim >= 3:
                     v = self._flat(v)
-                elif k == "shape":  # per-subject GT (B, n) -> per image (B*K, n)
+                elif k in ("shape", "shape_mask"):  # per-subject GT (B, n) -> per image (B*K, n)
                     K = batch["image"].shape[1] if batch["image"].ndim == 5 else 1
                     v = v.unsqueeze(1).expand([v.shape[0], K, v.shape[1]]).reshape([-1, v.shape[1]])
                 t[k] = paddle.concat([v, v], 0) if doubled else v

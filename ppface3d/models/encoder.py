@@ -66,11 +66,14 @@ class ResNetEncoder(nn.Layer):
             flattened, keeping where things are: learns face geometry from far fewer images;
             needs a fixed ``image_size``).
         image_size: input side (only needed for ``pool='flatten'``).
+        aux_channels: if > 0, a 1x1 convolution on the stride-8 features (after the second
+            stage) predicts a dense map of this many channels, returned in training as
+            ``out['aux_geometry']`` (B, aux_channels, H/8, W/8) (DECA's ``loss.geometry``).
     """
 
     def __init__(self, code_sizes: Dict[str, int], depth: int = 18, hidden: int = 512,
                  init_scale: float = 0.1, cam_init=(8.0, 0.0, 0.0), light_init=None, pretrained: str = None,
-                 width: int = 64, pool: str = "avg", image_size: int = 224):
+                 width: int = 64, pool: str = "avg", image_size: int = 224, aux_channels: int = 0):
         super().__init__()
         if depth not in _DEPTHS:
             raise ConfigError(f"model.encoder_depth: ResNet depth {depth} is not available; "
@@ -89,6 +92,7 @@ class ResNetEncoder(nn.Layer):
             feat *= side * side
         out = sum(self.code_sizes.values())
         self.head = nn.Sequential(nn.Linear(feat, hidden), nn.ReLU(), nn.Linear(hidden, out))
+        self.aux_head = nn.Conv2D(2 * int(width) * expansion, int(aux_channels), 1) if aux_channels > 0 else None
         last = self.head[2]
         with paddle.no_grad():
             last.weight.set_value(last.weight * init_scale)
@@ -126,7 +130,13 @@ class ResNetEncoder(nn.Layer):
     def forward(self, images: paddle.Tensor) -> Dict[str, paddle.Tensor]:
         """images (B, 3, H, W) in [0, 1] -> dict of codes, each (B, n) ('light': (B, 9, 3))."""
         x = (images - self.mean) / self.std
-        feat = self.backbone(x)
+        aux = None
+        if self.aux_head is not None and self.training:
+            b = self.backbone
+            mid = b.layer2(b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(x))))))
+            feat, aux = b.layer4(b.layer3(mid)), self.aux_head(mid)
+        else:
+            feat = self.backbone(x)
         feat = feat.mean([2, 3]) if self.pool == "avg" else feat.flatten(1)
         params = self.head(feat)
         out, off = {}, 0
@@ -135,4 +145,6 @@ class ResNetEncoder(nn.Layer):
             off += n
         if "light" in out and out["light"].shape[1] == 27:
             out["light"] = out["light"].reshape([-1, 9, 3])
+        if aux is not None:
+            out["aux_geometry"] = aux
         return out

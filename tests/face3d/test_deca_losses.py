@@ -3,6 +3,8 @@ import numpy as np
 import paddle
 import pytest
 
+from ppengine.errors import ConfigError
+
 
 def _np_landmark_loss(pred, gt):
     w = np.ones(68)
@@ -62,6 +64,26 @@ def test_deca_loss_terms_weights_and_gradients():
     # shape-code term: squared error summed over coefficients, averaged over images
     sp = DECALoss(shape_param=2.0)(codes, pred, target)["shape_param"]
     assert float(sp) == pytest.approx(2.0 * (shape.numpy() ** 2).sum(1).mean(), rel=1e-5)
+    # masks (a mirrored image's coefficients without a mirror counterpart) drop those coefficients
+    m = np.ones((N, 10), np.float32)
+    m[1, 3:] = 0.0
+    masked = dict(target, shape_mask=paddle.to_tensor(m))
+    sp = DECALoss(shape_param=1.0, param=1.0)(codes, pred, masked)
+    assert float(sp["shape_param"]) == pytest.approx(((shape.numpy() * m) ** 2).sum(1).mean(), rel=1e-5)
+    assert float(sp["param"]) == pytest.approx(((shape.numpy() * m) ** 2).mean(), rel=1e-5)
+    # the dense geometry term: coverage-weighted L1 over the predicted channels
+    g_pred = paddle.to_tensor(rng.normal(size=(N, 4, 3, 3)).astype(np.float32), stop_gradient=False)
+    g_t = rng.normal(size=(N, 5, 3, 3)).astype(np.float32)
+    g_t[:, 4] = rng.uniform(0, 1, size=(N, 3, 3))
+    geo = DECALoss(geometry=0.5)(dict(codes, aux_geometry=g_pred), pred, dict(target, geometry=paddle.to_tensor(g_t)))
+    ref = (np.abs(g_pred.numpy() - g_t[:, :4]) * g_t[:, 4:]).sum() / (g_t[:, 4].sum() * 4)
+    assert float(geo["geometry"]) == pytest.approx(0.5 * ref, rel=1e-4)
+    geo["loss"].backward()
+    assert float(g_pred.grad.abs().sum()) > 0
+    no_maps = DECALoss(geometry=1.0)(dict(codes, aux_geometry=g_pred), pred, target)  # photos: no maps
+    assert float(no_maps["geometry"]) == 0.0
+    with pytest.raises(ConfigError):
+        DECALoss(geometry=1.0)(dict(codes, aux_geometry=g_pred), pred, dict(target, geometry=paddle.to_tensor(g_t[:, :3])))
     out["loss"].backward()
     assert shape.grad is not None and float(shape.grad.abs().sum()) > 0
 

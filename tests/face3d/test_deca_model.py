@@ -80,6 +80,77 @@ def test_synthetic_augmentation_changes_pixels_not_labels(synth):
     assert max(o - i for o, i in zip(outside, inside)) > 0.05
 
 
+def test_synthetic_batched_rendering_matches_one_at_a_time():
+    from ppface3d.data.synthetic import SyntheticFaces
+
+    kw = dict(split="train", num_subjects=12, K=2, image_size=S, n_shape=20, n_exp=10, n_tex=10)
+    single, batched = SyntheticFaces(**kw), SyntheticFaces(**kw, render_batch=4)
+    order = [7, 2, 9, 0, 11, 5, 3]
+    batched.prepare(order)
+    got = batched[7]
+    assert sorted(batched._cache) == [0, 2, 7, 9]  # the next three of the announced order came with it
+    assert len(single._cache) == 0
+    for i in order:
+        a, b = single[i], (got if i == 7 else batched[i])
+        for k, v in a.items():
+            tol = 1.5 / 255 if k == "image" else 2e-4  # uint8 storage; float16 vertices
+            np.testing.assert_allclose(b[k], v, atol=tol, err_msg=f"{k} of subject {i}")
+    assert len(batched._cache) == 7
+
+
+def test_synthetic_flip_mirrors_images_and_labels():
+    """A mirrored sample is the sample of the mirrored head: its landmarks are the projection of
+    the FLAME head posed with the mirrored codes, its mask is that head's silhouette."""
+    from ppface3d.data.synthetic import SyntheticFaces
+    from ppface3d.render import OrthographicCamera
+
+    ds = SyntheticFaces(split="train", num_subjects=4, K=2, image_size=64, n_shape=20, n_exp=10, n_tex=10,
+                        flip=True, max_jaw=0.0, geometry=True)
+    maps = ds._mirror_tables()["maps"]
+    sample_codes = ds.sample_codes
+
+    def symmetric_codes(i):  # expressions only in directions the mirror keeps (so it is a head of the model)
+        c = sample_codes(i)
+        c["exp"] = c["exp"] * (maps.exp_sign != 0)
+        c["pose"][:, 4:] = 0.0  # no sideways jaw
+        return c
+
+    ds.sample_codes = symmetric_codes
+    plain = dict(ds[1])
+    assert np.all(plain["shape_mask"] == 1) and np.all(plain["exp_mask"] == 1)
+    m = ds._mirrored(plain)
+    np.testing.assert_array_equal(m["image"], plain["image"][..., ::-1])
+    np.testing.assert_array_equal(m["exp_mask"][0], maps.exp_sign != 0)
+    t = paddle.to_tensor
+    flame = ds._parts()[0]
+    fo = flame(shape=t(np.tile(m["shape"][None], (2, 1))), expression=t(m["exp"]),
+               global_pose=t(m["pose"][:, :3]), jaw_pose=t(m["pose"][:, 3:]))
+    proj = OrthographicCamera(t(m["cam"])).project(fo.landmarks).numpy()
+    ok = m["landmark"][0, :, 2] > 0
+    assert ok.sum() >= 60 and not ok[8]  # the generated model's chin point is off the midline
+    np.testing.assert_allclose(proj[:, ok], m["landmark"][:, ok, :2], atol=2e-3)
+    r = ds._parts()[2](fo.vertices, OrthographicCamera(t(m["cam"])))
+    sil = r["alpha_images"].numpy()[:, 0] > 0.5
+    iou = (sil & (m["mask"] > 0)).sum() / (sil | (m["mask"] > 0)).sum()
+    assert iou > 0.97, iou
+    # the dense geometry maps: coverage is the mask's per 8x8 cell; mirrored maps are the mirrored head's
+    g = plain["geometry"]
+    cover = plain["mask"].reshape(2, 8, 8, 8, 8).mean((2, 4))
+    np.testing.assert_allclose(g[:, 4], cover, atol=2e-3)
+    g_ref = ds._geometry_maps(r)
+    full = (g_ref[:, 4] > 0.99) & (m["geometry"][:, 4] > 0.99)
+    assert full.sum() > 20
+    for c in range(4):  # normal x, y, z and relative depth
+        np.testing.assert_allclose(m["geometry"][:, c][full], g_ref[:, c][full], atol=0.06, err_msg=f"channel {c}")
+    # the neutral meshes are the mirrored head's too
+    n = flame(shape=t(m["shape"][None])).vertices.numpy()[0]
+    np.testing.assert_allclose(m["gt_verts_neutral"][0], n, atol=1e-4)
+    # about half the accesses are mirrored
+    np.random.seed(0)
+    flips = [np.array_equal(ds[1]["image"], m["image"]) for _ in range(40)]
+    assert 8 < sum(flips) < 32
+
+
 def test_deca_forward_losses_eval_and_visuals(synth):
     from ppengine.data import collate
     from ppface3d.losses import FaceReconstructionMetric
@@ -133,6 +204,32 @@ def test_photometric_stage_starts_at_photo_start(synth):
     assert out["image"].shape == [8, 3, S, S] and float(losses["photometric"]) > 0
     model.eval()  # evaluation always renders
     assert "image" in model(batch)
+
+
+def test_geometry_term_trains_the_dense_head():
+    """``loss.geometry``: the encoder's stride-8 head predicts the data's cell maps in training
+    (its gradient reaches the trunk), and evaluation outputs carry nothing extra."""
+    from ppengine.data import collate
+    from ppface3d.data.synthetic import SyntheticFaces
+    from ppface3d.models import DECA
+
+    ds = SyntheticFaces(split="train", num_subjects=2, K=2, image_size=S, n_shape=20, n_exp=10, n_tex=10,
+                        geometry=True, flip=True)
+    batch = collate([ds[0], ds[1]])
+    assert batch["geometry"].shape == [2, 2, 5, S // 8, S // 8]
+    model = DECA(n_shape=20, n_exp=10, n_tex=10, image_size=S, encoder_depth=18, encoder_width=16,
+                 encoder_pool="flatten", loss={"type": "DECALoss", "geometry": 1.0, "photo_start": 10})
+    model.train()
+    model.set_train_step(0)
+    losses = model.losses(batch, model(batch))
+    assert float(losses["geometry"]) > 0
+    losses["loss"].backward()
+    assert float(model.encoder.aux_head.weight.grad.abs().sum()) > 0
+    assert float(model.encoder.backbone.layer1[0].conv1.weight.grad.abs().sum()) > 0
+    model.eval()
+    assert "aux_geometry" not in model.encode(batch["image"][:, 0])
+    plain = DECA(n_shape=20, n_exp=10, n_tex=10, image_size=S, encoder_depth=18)
+    assert plain.encoder.aux_head is None
 
 
 def test_albedo_files(tmp_path):
