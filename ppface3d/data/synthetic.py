@@ -405,10 +405,10 @@ class SyntheticFaces(paddle.io.Dataset):
         s = self._cache.get(i)
         if s is None:
             chunk = self._chunk(i) if self.cache else [i]
-            for j, sj in zip(chunk, self._generate_many(chunk)):
-                if self.cache:
-                    self._cache[j] = sj
-            s = sj if not self.cache else self._cache[i]
+            made = dict(zip(chunk, self._generate_many(chunk)))
+            if self.cache:
+                self._cache.update(made)
+            s = made[i]
         out = dict(s)
         out["image"] = s["image"].astype(np.float32) / 255.0
         out["mask"] = s["mask"].astype(np.float32)
