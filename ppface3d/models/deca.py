@@ -63,7 +63,7 @@ class DECA(nn.Layer):
 
     Args:
         n_shape, n_tex, n_exp, n_pose, n_cam, n_light: code sizes (DECA: 100, 50, 50, 6, 3, 27).
-        encoder_depth: ResNet depth (DECA 50; 18 for CPU).
+        encoder_depth: ResNet depth (DECA 50; 10 or 18 for CPU).
         encoder_hidden: MLP head width.
         encoder_width: channels of the first ResNet stage (64 = standard; 16 on a CPU).
         encoder_pool: 'avg' (DECA) or 'flatten' (keeps the feature map's layout; see ResNetEncoder).

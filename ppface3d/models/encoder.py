@@ -15,7 +15,7 @@ import paddle.nn as nn
 
 from ppengine.errors import ConfigError
 
-_DEPTHS = {18: "basic", 34: "basic", 50: "bottleneck", 101: "bottleneck", 152: "bottleneck"}
+_DEPTHS = {10: "basic", 18: "basic", 34: "basic", 50: "bottleneck", 101: "bottleneck", 152: "bottleneck"}
 _POOLS = ("avg", "flatten")
 
 
@@ -25,19 +25,20 @@ def resnet_trunk(depth: int, width: int = 64) -> nn.Layer:
     ``width`` is the first stage's channel count (stages: width x 1, 2, 4, 8). With 64 this is
     ``paddle.vision.models.ResNet(..., num_classes=0, with_pool=False)`` itself, so ImageNet
     weights load by name; narrower trunks (e.g. 16) cost about ``(64 / width)^2`` times less
-    and are what a CPU run can afford.
+    and are what a CPU run can afford. ``depth`` 10 is ResNet-18 with one basic block per stage
+    instead of two (about 0.6x its compute), which ``paddle.vision`` does not list.
     """
     from paddle.vision.models import resnet
 
     block = resnet.BasicBlock if _DEPTHS[depth] == "basic" else resnet.BottleneckBlock
-    net = resnet.ResNet(block, depth, num_classes=0, with_pool=False)
-    if width == 64:
+    net = resnet.ResNet(block, 18 if depth == 10 else depth, num_classes=0, with_pool=False)
+    if width == 64 and depth != 10:
         return net
     # Same layout and parameter names as paddle's ResNet, other channel counts.
     net.inplanes = width
     net.conv1 = nn.Conv2D(3, width, kernel_size=7, stride=2, padding=3, bias_attr=False)
     net.bn1 = nn.BatchNorm2D(width)
-    counts = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}[depth]
+    counts = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}[depth]
     for i, n in enumerate(counts):
         setattr(net, f"layer{i + 1}", net._make_layer(block, width * 2 ** i, n, stride=1 if i == 0 else 2))
     return net
@@ -54,7 +55,7 @@ class ResNetEncoder(nn.Layer):
     Args:
         code_sizes: ordered name -> size, e.g. DECA's shape 100, tex 50, exp 50, pose 6, cam 3,
             light 27 ('light' is returned reshaped to (B, 9, 3): 9 SH coefficients per RGB).
-        depth: ResNet depth, one of 18, 34, 50, 101, 152 (DECA: 50; 18 on CPU).
+        depth: ResNet depth, one of 10, 18, 34, 50, 101, 152 (DECA: 50; 10 or 18 on CPU).
         hidden: width of the MLP head (DECA: 1024).
         init_scale: the final layer's weights are scaled by this factor so training starts
             near the mean face (codes ~ 0) instead of at random FLAME parameters.

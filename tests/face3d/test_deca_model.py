@@ -1,4 +1,6 @@
 """DECA model, synthetic data, albedo files, and a short training run that improves its metric."""
+import re
+
 import numpy as np
 import paddle
 import pytest
@@ -302,6 +304,14 @@ def test_encoder_width_and_pool_options():
     x = paddle.rand([2, 3, 96, 96])
     out = narrow(x)
     assert out["shape"].shape == [2, 10] and out["cam"].shape == [2, 3]
+    # depth 10: ResNet-18's names with one block per stage (layer*.0 only), still stride 32
+    r10 = ResNetEncoder(sizes, depth=10, width=16, pool="flatten", image_size=96)
+    k10 = r10.backbone.state_dict()
+    assert sorted(k10) == sorted(k for k in ref if not re.match(r"layer\d\.1\.", k))
+    assert k10["layer4.0.conv2.weight"].shape == [128, 128, 3, 3]
+    assert r10(x)["shape"].shape == [2, 10]
+    with pytest.raises(ConfigError, match="encoder_depth"):
+        ResNetEncoder(sizes, depth=12)
     with pytest.raises(ConfigError, match="encoder_pool"):
         ResNetEncoder(sizes, depth=18, pool="max")
     with pytest.raises(ConfigError, match="encoder_width"):
