@@ -198,12 +198,19 @@ class ShapesWorld:
                  (``mask_mode="rect"``) or the grown box of one object (``mask_mode="object"``)
         masked_image: [3, size, size] float32, ``image`` with the mask region set to 0
         index:   int64, the item's index (lets a model cache per-item latents)
+
+    ``swap_captions=True`` (training text-to-image): a two-object caption is read from either
+    object at random at every access, "a red circle left of a blue square" or the same scene's
+    "a blue square right of a red circle", so the model cannot tie "left of" to the first-named
+    object and must bind the relation to the order of the names. Images, labels and boxes are
+    unchanged.
     """
 
     SPLIT_OFFSET = {"train": 0, "val": 10_000_000, "test": 20_000_000}
 
     def __init__(self, split: str = "train", size: int = 32, num_samples: int = 10000, seed: int = 0,
-                 max_objects: int = 2, min_objects: int = 1, mask_mode: str = "rect", cache: bool = True):
+                 max_objects: int = 2, min_objects: int = 1, mask_mode: str = "rect", cache: bool = True,
+                 swap_captions: bool = False):
         if split not in self.SPLIT_OFFSET:
             raise ConfigError(f"ShapesWorld: split must be one of {list(self.SPLIT_OFFSET)}, got {split!r}")
         if num_samples <= 0:
@@ -215,6 +222,8 @@ class ShapesWorld:
         self.mask_mode = mask_mode
         self.cache = cache
         self._cache = {}
+        self.swap_captions = bool(swap_captions)
+        self._swap_rng = np.random.default_rng([self.seed, self.SPLIT_OFFSET[split], 11])
 
     def __len__(self):
         return self.num_samples
@@ -227,7 +236,7 @@ class ShapesWorld:
         if idx < 0 or idx >= self.num_samples:
             raise IndexError(idx)
         if self.cache and idx in self._cache:
-            return dict(self._cache[idx])
+            return self._swapped(dict(self._cache[idx]))
         sc = self.scene(idx)
         image = sc.image.transpose(2, 0, 1) * 2 - 1
         if self.mask_mode == "object":
@@ -245,6 +254,14 @@ class ShapesWorld:
             "masked_image": (image * (1 - mask)).astype(np.float32),
             "index": np.int64(idx),
         }
+        if self.swap_captions:
+            item["_objects"] = sc.objects
         if self.cache:
             self._cache[idx] = item
-        return dict(item)
+        return self._swapped(dict(item))
+
+    def _swapped(self, item: dict) -> dict:
+        objects = item.pop("_objects", None)
+        if objects is not None and len(objects) == 2 and self._swap_rng.random() < 0.5:
+            item["caption"] = caption_of(objects[::-1])
+        return item

@@ -56,6 +56,33 @@ def test_shapes_world_deterministic_and_consistent():
         assert np.all(it["masked_image"][:, m[0] > 0] == 0)
 
 
+def test_swap_captions_names_the_same_scene_from_either_object():
+    from ppldm.metrics.shapes import check_caption, parse_caption
+
+    plain = ShapesWorld("train", size=32, num_samples=40, seed=3)
+    swap = ShapesWorld("train", size=32, num_samples=40, seed=3, swap_captions=True)
+    seen_swapped = ok_orig = ok_swap = 0
+    for i in range(40):
+        p = plain[i]
+        caps = {swap[i]["caption"] for _ in range(12)}
+        assert np.array_equal(swap[i]["image"], p["image"]) and np.array_equal(swap[i]["boxes"], p["boxes"])
+        objs, rel = parse_caption(p["caption"])
+        if rel is None:
+            assert caps == {p["caption"]}
+            continue
+        assert p["caption"] in caps and len(caps) == 2  # both readings occur
+        (other,) = caps - {p["caption"]}
+        objs2, rel2 = parse_caption(other)
+        inverse = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+        assert objs2 == objs[::-1] and rel2 == inverse[rel]
+        # the independent checker accepts both captions on the (ground-truth) image
+        img = (p["image"].transpose(1, 2, 0) + 1) / 2
+        ok_orig += check_caption(img, p["caption"])["all"]
+        ok_swap += check_caption(img, other)["all"]
+        seen_swapped += 1
+    assert seen_swapped >= 10 and ok_swap >= 0.9 * seen_swapped and ok_orig >= 0.9 * seen_swapped
+
+
 def test_scene_masks_cover_objects():
     sc = render_scene(11, size=48)
     for o, m in zip(sc.objects, sc.masks):
