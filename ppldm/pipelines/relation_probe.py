@@ -14,6 +14,7 @@ make an ignoring model look systematically right or wrong on a small set).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from typing import Dict, List, Sequence
@@ -84,7 +85,8 @@ def main(argv=None) -> int:
     m.eval()
     val = cfg["data"].get("val") or {}
     ds = ShapesWorld(a.split, size=int(val.get("size", 32)), num_samples=20 * a.n)
-    items = [it for it in (ds[i] for i in range(len(ds))) if parse_caption(it["caption"])[1] is not None][:a.n]
+    two = (it for it in map(ds.__getitem__, range(len(ds))) if parse_caption(it["caption"])[1] is not None)
+    items = list(itertools.islice(two, a.n))
     images = paddle.to_tensor(np.stack([it["image"] for it in items]))
     rows = relation_losses(m, images, [it["caption"] for it in items])
     print(f"{len(items)} two-object {a.split} scenes; mean denoising loss per timestep")

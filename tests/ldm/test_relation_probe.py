@@ -29,7 +29,7 @@ def test_reversed_caption_inverts_only_the_relation():
     assert n >= 15  # the checker reads the true relation and rejects the reversed one on real scenes
 
 
-def test_relation_losses_share_noise_and_see_the_caption(tmp_path):
+def test_relation_losses_share_noise_and_see_the_caption():
     paddle.seed(0)
     m = LatentDiffusion(autoencoder={"kind": "identity", "in_channels": 3}, scale_factor=1.0,
                         unet={"block_channels": [16, 32], "layers_per_block": 1, "attention_resolutions": [1, 2],
