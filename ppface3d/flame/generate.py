@@ -124,7 +124,6 @@ class _Head:
     def features(self, p, theta):
         """Radial displacement (N,) of features at base points p (N, 3) with azimuth theta."""
         x, y, z = p[:, 0], p[:, 1], p[:, 2]
-        xy = p[:, :2]
         front = _smoothstep(0.15, 0.6, np.cos(theta))
         ym = self.y_mouth
         ax = np.abs(x)
@@ -315,7 +314,7 @@ class _Head:
 def _skinning(h: _Head):
     v = h.v
     V = len(v)
-    x, y, z = v[:, 0], v[:, 1], v[:, 2]
+    y, z = v[:, 1], v[:, 2]
     W = np.zeros((V, 5))
     ym = h.y_mouth
     # jaw: below a line through the mouth that rises to the hinge in front of the ears
@@ -416,7 +415,7 @@ def _shape_dirs(h: _Head, rng):
 def _expr_dirs(h: _Head, W, rng):
     v = h.v
     V = len(v)
-    x, y, z = v[:, 0], v[:, 1], v[:, 2]
+    x, z = v[:, 0], v[:, 2]
     ym = h.y_mouth
     xy = v[:, :2]
     front = _smoothstep(0.02, 0.06, z)
@@ -464,7 +463,7 @@ def _expr_dirs(h: _Head, W, rng):
 def _pose_dirs(h: _Head, W):
     v = h.v
     V = len(v)
-    x, y, z = v[:, 0], v[:, 1], v[:, 2]
+    x, z = v[:, 0], v[:, 2]
     P = np.zeros((V, 3, 36))
     xy = v[:, :2]
     front = _smoothstep(0.0, 0.05, z)
@@ -545,7 +544,7 @@ def _ibug_inner(h: _Head):
 def _contour_table(h: _Head, W):
     """Contour landmarks (17) for head yaw -39..39 degrees: (79 yaws, 17) vertex indices."""
     v = h.v[:h.num_head]
-    x, y, z = v[:, 0], v[:, 1], v[:, 2]
+    y, z = v[:, 1], v[:, 2]
     cand = ((z > 0.045) | ((y > -0.06) & (z > -0.004))) & (y < 0.012) & (y > h.y_mouth - 0.06)
     cand_idx = np.nonzero(cand)[0]
     center = np.array([0.0, -0.012, 0.03])
