@@ -69,6 +69,10 @@ class WordPieceTokenizer:
         keep = np.asarray(enc["attention_mask"], bool)
         return ids, keep
 
+    def piece_ids(self, text: str) -> list:
+        """Word-piece ids of ``text`` without [CLS]/[SEP] (a phrase to find in a tokenized caption)."""
+        return list(self.tok.convert_tokens_to_ids(self.tok.tokenize(text)))
+
 
 @CONDITIONERS.register()
 class TextTransformer(Conditioner):

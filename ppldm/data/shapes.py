@@ -81,6 +81,11 @@ def caption_of(objects: List[ShapeObject]) -> str:
     return f"a {a.color} {a.shape} {relation(a, b)} a {b.color} {b.shape}"
 
 
+def phrases_of(objects: List[ShapeObject]) -> str:
+    """The object phrases of :func:`caption_of`'s caption, in its order: "red circle|blue square"."""
+    return "|".join(f"{o.color} {o.shape}" for o in objects)
+
+
 def _shape_coverage(shape: str, box, size: int, ss: int = 4) -> np.ndarray:
     """Anti-aliased coverage [size, size] of ``shape`` filling ``box`` (normalized coords)."""
     n = size * ss
@@ -204,13 +209,18 @@ class ShapesWorld:
     "a blue square right of a red circle", so the model cannot tie "left of" to the first-named
     object and must bind the relation to the order of the names. Images, labels and boxes are
     unchanged.
+
+    ``grounding=True`` (text-to-image with the grounding loss, :mod:`ppldm.models.grounding`) adds
+        phrases:      str, the caption's object phrases in caption order, "red circle|blue square"
+        phrase_masks: [max_objects, size, size] float32, the objects' coverage in the same order
+                      (zero rows past the objects)
     """
 
     SPLIT_OFFSET = {"train": 0, "val": 10_000_000, "test": 20_000_000}
 
     def __init__(self, split: str = "train", size: int = 32, num_samples: int = 10000, seed: int = 0,
                  max_objects: int = 2, min_objects: int = 1, mask_mode: str = "rect", cache: bool = True,
-                 swap_captions: bool = False):
+                 swap_captions: bool = False, grounding: bool = False):
         if split not in self.SPLIT_OFFSET:
             raise ConfigError(f"ShapesWorld: split must be one of {list(self.SPLIT_OFFSET)}, got {split!r}")
         if num_samples <= 0:
@@ -223,6 +233,7 @@ class ShapesWorld:
         self.cache = cache
         self._cache = {}
         self.swap_captions = bool(swap_captions)
+        self.grounding = bool(grounding)
         self._swap_rng = np.random.default_rng([self.seed, self.SPLIT_OFFSET[split], 11])
 
     def __len__(self):
@@ -254,6 +265,11 @@ class ShapesWorld:
             "masked_image": (image * (1 - mask)).astype(np.float32),
             "index": np.int64(idx),
         }
+        if self.grounding:
+            item["phrases"] = phrases_of(sc.objects)
+            pm = np.zeros((self.max_objects, self.size, self.size), np.float32)
+            pm[:len(sc.masks)] = sc.masks[:self.max_objects]
+            item["phrase_masks"] = pm
         if self.swap_captions:
             item["_objects"] = sc.objects
         if self.cache:
@@ -264,4 +280,9 @@ class ShapesWorld:
         objects = item.pop("_objects", None)
         if objects is not None and len(objects) == 2 and self._swap_rng.random() < 0.5:
             item["caption"] = caption_of(objects[::-1])
+            if self.grounding:
+                item["phrases"] = phrases_of(objects[::-1])
+                pm = item["phrase_masks"].copy()
+                pm[[0, 1]] = pm[[1, 0]]
+                item["phrase_masks"] = pm
         return item

@@ -64,6 +64,10 @@ class Attention(nn.Layer):
         self.to_k = nn.Linear(context_dim, inner, bias_attr=bias)
         self.to_v = nn.Linear(context_dim, inner, bias_attr=bias)
         self.to_out = nn.LayerList([nn.Linear(inner, query_dim), nn.Dropout(dropout)])
+        # set by ppldm.models.grounding while training with a grounding loss: the standard form
+        # then keeps its attention probabilities (B, heads, S, M), with their graph, in .probs
+        self.keep_probs = False
+        self.probs = None
 
     def _softmax(self, x, axis):
         if self.upcast_softmax and x.dtype != paddle.float32:
@@ -85,6 +89,8 @@ class Attention(nn.Layer):
         k = self.to_k(context).reshape([0, 0, h, d]).transpose([0, 2, 1, 3])
         v = self.to_v(context).reshape([0, 0, h, d]).transpose([0, 2, 1, 3])
         w = self._softmax(paddle.matmul(q, k, transpose_y=True), axis=-1)   # (B, h, S, M)
+        if self.keep_probs:
+            self.probs = w
         out = paddle.matmul(w, v).transpose([0, 2, 1, 3]).reshape([0, 0, h * d])
         out = self.to_out[0](out)
         return self.to_out[1](out) if self.training else out

@@ -92,12 +92,16 @@ class LatentDiffusion(nn.Layer):
         residual: super-resolution only: diffuse the difference between the HR latent and the
             latent of the bicubic-upsampled ``lr`` (SR3 / ResShift style; with an identity first
             stage, the pixel residual over bicubic); samples are decoded from base + residual.
+        grounding: text-to-image only: ``{token: w1, pixel: w2}``, the weights of the token and
+            pixel grounding losses (:mod:`ppldm.models.grounding`) on the cross-attention maps of
+            the caption's object phrases; the training batches then need ``phrases`` and
+            ``phrase_masks`` (``ShapesWorld(grounding: true)``). null (default) or zero weights: off.
     """
 
     def __init__(self, autoencoder: dict, unet: dict = None, conditioner: dict = None, concat: str = None,
                  diffusion: dict = None, scale_factor: Optional[float] = None, cond_drop: float = 0.1,
                  sampler: dict = None, cache_latents: bool = True, lowres_factor: Optional[int] = None,
-                 residual: bool = False):
+                 residual: bool = False, grounding: dict = None):
         super().__init__()
         if concat not in CONCAT_MODES:
             raise ConfigError(f"model.concat must be one of {CONCAT_MODES}, got {concat!r}")
@@ -155,6 +159,16 @@ class LatentDiffusion(nn.Layer):
             raise ConfigError(f"model.sampler: unknown key(s) {sorted(unknown)}; valid: {sorted(self.sampler_cfg)}")
         self.sampler_cfg.update(sampler or {})
         self.cache_latents = bool(cache_latents)
+        self.grounding = {"token": 0.0, "pixel": 0.0}
+        unknown = set(grounding or {}) - set(self.grounding)
+        if unknown:
+            raise ConfigError(f"model.grounding: unknown key(s) {sorted(unknown)}; valid: token, pixel (loss weights)")
+        self.grounding.update({k: float(v) for k, v in (grounding or {}).items()})
+        if min(self.grounding.values()) < 0:
+            raise ConfigError(f"model.grounding: the loss weights must be >= 0, got {grounding}")
+        if any(self.grounding.values()) and not hasattr(self.conditioner, "tokenizer"):
+            raise ConfigError("model.grounding needs a text conditioner (TextTransformer or MiniLMEncoder), "
+                              f"got {type(self.conditioner).__name__ if self.conditioner is not None else None}")
         self._latent_cache: Dict[int, np.ndarray] = {}
         self._masked_cache: Dict[int, np.ndarray] = {}  # inpainting: moments of the masked images
         self._eval_calls = 0
@@ -275,10 +289,37 @@ class LatentDiffusion(nn.Layer):
         cat = self._concat(batch, h, w)
         if cat is not None:
             kw["concat"] = cat
-        return self.diffusion.training_losses(self.unet, z, **kw)
+        if not (self.training and any(self.grounding.values())):
+            return self.diffusion.training_losses(self.unet, z, **kw)
+        return self._grounded_losses(batch, z, kw, drop)
+
+    def _grounded_losses(self, batch, z, kw, drop):
+        """The diffusion loss plus the weighted token and pixel grounding losses."""
+        from .grounding import grounding_loss, grounding_pixel_loss, keep_cross_attention, phrase_token_mask
+
+        for k in ("phrases", "phrase_masks"):
+            if k not in batch:
+                raise InputError(f"model.grounding needs batch[{k!r}] (keys: {', '.join(batch)}); "
+                                 "use a dataset that provides them, e.g. ShapesWorld with grounding: true")
+        masks = batch["phrase_masks"].astype("float32")
+        tokens = phrase_token_mask(self.conditioner.tokenizer, batch[self.conditioner.key], batch["phrases"],
+                                   int(masks.shape[1]))
+        if drop is not None:
+            tokens[np.asarray(drop, bool)] = 0.0
+        tokens = paddle.to_tensor(tokens)
+        with keep_cross_attention(self.unet) as layers:
+            out = self.diffusion.training_losses(self.unet, z, **kw)
+            probs = [layer.probs for layer in layers]
+            out["diffusion_loss"] = out["loss"]
+            for name, fn in (("token", grounding_loss), ("pixel", grounding_pixel_loss)):
+                if self.grounding[name] > 0:
+                    out[f"grounding_{name}"] = fn(probs, tokens, masks)
+                    out["loss"] = out["loss"] + self.grounding[name] * out[f"grounding_{name}"]
+        return out
 
     def losses(self, batch, outputs):
-        return {"loss": outputs["loss"]}
+        extra = {k: outputs[k] for k in ("diffusion_loss", "grounding_token", "grounding_pixel") if k in outputs}
+        return {"loss": outputs["loss"], **extra}
 
     @paddle.no_grad()
     def generate(self, batch: dict = None, n: int = None, size: int = None, guidance_scale: float = None,
