@@ -6,7 +6,14 @@ One JSON object per line::
      "boxes": [[2, 0.1, 0.2, 0.5, 0.9], [0, 0.6, 0.1, 0.9, 0.4]]}
 
 ``file`` is relative to ``root``; ``caption``, ``label`` and ``boxes`` (``[class, x0, y0, x1, y1]``
-with coordinates in [0, 1]) are each optional. Lines that are not valid JSON, records without a
+with coordinates in [0, 1]) are each optional. For text-to-image with the grounding loss
+(``grounding: true``, :mod:`ppldm.models.grounding`) a record may also name where the caption's
+phrases are, in caption order::
+
+    {"file": "a.png", "caption": "a cat left of a dog",
+     "phrases": [{"text": "cat", "box": [0.05, 0.3, 0.45, 0.9]}, {"text": "dog", "box": [0.5, 0.2, 0.95, 0.9]}]}
+
+Each phrase must occur in the caption; its box (``[x0, y0, x1, y1]`` in [0, 1]) becomes its mask. Lines that are not valid JSON, records without a
 usable ``file``, missing or corrupt images and malformed labels/boxes are reported (logged, and
 listed in ``dataset.skipped`` as ``(line_number, reason)``) and skipped; only a dataset with no
 usable record at all is an error.
@@ -23,7 +30,7 @@ import numpy as np
 from ppengine.errors import InputError
 from ppengine.registry import DATASETS
 
-from .shapes import random_rect_mask
+from .shapes import box_mask, random_rect_mask
 
 log = logging.getLogger("ppldm.data")
 
@@ -41,6 +48,27 @@ def load_image(path: str, size: int) -> np.ndarray:
         im = im.resize((size, size), Image.BICUBIC)
         arr = np.asarray(im, np.float32) / 127.5 - 1
     return arr.transpose(2, 0, 1).copy()
+
+
+def _check_phrases(phrases, caption: str, max_objects: int) -> list:
+    """``[{"text": str, "box": [x0, y0, x1, y1]}, ...]`` -> [(text, box)], checked against ``caption``."""
+    if not isinstance(phrases, list) or not all(isinstance(p, dict) for p in phrases):
+        raise ValueError('\'phrases\' must be a list of {"text": ..., "box": [x0, y0, x1, y1]}')
+    if len(phrases) > max_objects:
+        raise ValueError(f"{len(phrases)} phrases, more than max_objects={max_objects}")
+    out = []
+    for p in phrases:
+        text = p.get("text")
+        if not isinstance(text, str) or not text.strip() or "|" in text:
+            raise ValueError(f"phrase text must be a non-empty string without '|', got {text!r}")
+        if text.lower() not in caption.lower():
+            raise ValueError(f"phrase {text!r} does not occur in the caption {caption!r}")
+        box = p.get("box")
+        if not isinstance(box, list) or len(box) != 4:
+            raise ValueError(f"phrase {text!r}: 'box' must be [x0, y0, x1, y1] in [0, 1], got {box!r}")
+        box = _check_boxes([[0, *box]], 1)[0, 1:]
+        out.append((text, tuple(float(v) for v in box)))
+    return out
 
 
 def _check_boxes(boxes, max_objects: int) -> np.ndarray:
@@ -69,11 +97,12 @@ class ImageFolderJSONL:
         image [3, size, size] float32 in [-1, 1]; caption str ("" when absent);
         label int64 (-1 when absent); boxes [max_objects, 5] (class -1 rows are padding);
         mask [1, size, size] (random rectangle, deterministic by index); masked_image [3, size, size];
-        index int64.
+        index int64; with ``grounding=True`` also phrases str ("cat|dog", "" when absent) and
+        phrase_masks [max_objects, size, size] (the phrases' boxes, zero rows past them).
     """
 
     def __init__(self, root: str, annotations: str = None, size: int = 32, max_objects: int = 8,
-                 seed: int = 0, cache: bool = True):
+                 seed: int = 0, cache: bool = True, grounding: bool = False):
         if not os.path.isdir(root):
             raise InputError(f"ImageFolderJSONL: image folder {root!r} does not exist. "
                              f"Set data.*.root to a folder holding your images.")
@@ -84,6 +113,7 @@ class ImageFolderJSONL:
             raise InputError(f"ImageFolderJSONL: annotation file {ann!r} not found. Write one JSON object "
                              f'per line, e.g. {{"file": "img.png", "caption": "..."}}')
         self.root, self.size, self.max_objects, self.seed = root, int(size), int(max_objects), int(seed)
+        self.grounding = bool(grounding)
         self.records: List[dict] = []
         self.skipped: List[Tuple[int, str]] = []
         self._images = {}
@@ -124,7 +154,7 @@ class ImageFolderJSONL:
             img = load_image(path, self.size)
         except Exception as e:  # noqa: BLE001
             raise ValueError(f"image {fname!r} could not be read ({type(e).__name__}: {e})") from None
-        out = {"path": path, "caption": "", "label": -1, "boxes": None, "_image": img}
+        out = {"path": path, "caption": "", "label": -1, "boxes": None, "phrases": [], "_image": img}
         if "caption" in rec:
             if not isinstance(rec["caption"], str):
                 raise ValueError("'caption' must be a string")
@@ -135,6 +165,8 @@ class ImageFolderJSONL:
             out["label"] = rec["label"]
         if "boxes" in rec:
             out["boxes"] = _check_boxes(rec["boxes"], self.max_objects)
+        if "phrases" in rec:
+            out["phrases"] = _check_phrases(rec["phrases"], out["caption"], self.max_objects)
         return out
 
     def __len__(self):
@@ -148,6 +180,13 @@ class ImageFolderJSONL:
             boxes = np.zeros((self.max_objects, 5), np.float32)
             boxes[:, 0] = -1
         mask = random_rect_mask(np.random.default_rng([self.seed, i, 7]), self.size)[None]
-        return {"image": img, "caption": rec["caption"], "label": np.int64(rec["label"]),
+        item = {"image": img, "caption": rec["caption"], "label": np.int64(rec["label"]),
                 "boxes": boxes.copy(), "mask": mask, "masked_image": (img * (1 - mask)).astype(np.float32),
                 "index": np.int64(i)}
+        if self.grounding:
+            item["phrases"] = "|".join(text for text, _ in rec["phrases"])
+            pm = np.zeros((self.max_objects, self.size, self.size), np.float32)
+            for k, (_, box) in enumerate(rec["phrases"]):
+                pm[k] = box_mask(box, self.size, grow=0.0)
+            item["phrase_masks"] = pm
+        return item

@@ -131,3 +131,27 @@ def test_image_folder_reports_and_skips_bad_records(tmp_path, caplog):
         ImageFolderJSONL(str(tmp_path), annotations="bad.jsonl")
     with pytest.raises(InputError, match="does not exist"):
         ImageFolderJSONL(str(tmp_path / "nope"))
+
+
+def test_image_folder_grounding_phrases(tmp_path):
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    cat, dog = [0.0, 0.25, 0.5, 0.75], [0.5, 0.0, 1.0, 0.5]
+    lines = [
+        json.dumps({"file": "a.png", "caption": "a Cat left of a dog",
+                    "phrases": [{"text": "cat", "box": cat}, {"text": "dog", "box": dog}]}),
+        json.dumps({"file": "a.png", "caption": "a cat", "phrases": [{"text": "dog", "box": dog}]}),
+        json.dumps({"file": "a.png", "caption": "a cat", "phrases": [{"text": "cat", "box": [0.5, 0.5, 0.2]}]}),
+        json.dumps({"file": "a.png", "caption": "a cat", "phrases": [{"text": "a|cat", "box": cat}]}),
+        json.dumps({"file": "a.png", "caption": "a cat"}),
+    ]
+    (tmp_path / "annotations.jsonl").write_text("\n".join(lines) + "\n")
+    ds = ImageFolderJSONL(str(tmp_path), size=16, max_objects=2, grounding=True)
+    assert len(ds) == 2 and [n for n, _ in ds.skipped] == [2, 3, 4]
+    assert "does not occur in the caption" in ds.skipped[0][1] and "box" in ds.skipped[1][1]
+    a = ds[0]
+    assert a["phrases"] == "cat|dog" and a["phrase_masks"].shape == (2, 16, 16)
+    assert a["phrase_masks"][0, 4:12, 0:8].min() == 1 and a["phrase_masks"][0].sum() == 64
+    assert a["phrase_masks"][1, 0:8, 8:16].min() == 1 and a["phrase_masks"][1].sum() == 64
+    b = ds[1]
+    assert b["phrases"] == "" and b["phrase_masks"].sum() == 0
+    assert "phrases" not in ImageFolderJSONL(str(tmp_path), size=16, max_objects=2)[0]
