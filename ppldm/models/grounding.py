@@ -85,6 +85,14 @@ def _find(seq: np.ndarray, sub: List[int], start: int) -> int:
     return -1
 
 
+def _heads_and_masks(w: paddle.Tensor, masks: paddle.Tensor):
+    """Attention (B, heads, S, M) of a square map -> heads-averaged (B, S, M), and ``masks``
+    (B, K, H, W) area-pooled to the map: (B, K, S)."""
+    a = w.astype("float32").mean(axis=1)
+    side = int(round(a.shape[1] ** 0.5))
+    return a, F.adaptive_avg_pool2d(masks.astype("float32"), [side, side]).flatten(2)
+
+
 def grounding_loss(probs: Sequence[paddle.Tensor], tokens: paddle.Tensor, masks: paddle.Tensor) -> paddle.Tensor:
     """TokenCompose's token loss (module docstring).
 
@@ -100,9 +108,7 @@ def grounding_loss(probs: Sequence[paddle.Tensor], tokens: paddle.Tensor, masks:
         return paddle.zeros([], "float32")
     total = paddle.zeros([], "float32")
     for w in probs:
-        a = w.astype("float32").mean(axis=1)                                    # (B, S, M)
-        side = int(round(a.shape[1] ** 0.5))
-        m = F.adaptive_avg_pool2d(masks.astype("float32"), [side, side]).flatten(2)   # (B, K, S)
+        a, m = _heads_and_masks(w, masks)
         m = m / m.max(axis=2, keepdim=True).clip(min=1e-6)
         inside = paddle.einsum("bsm,bks->bkm", a, m)                           # (B, K, M)
         ratio = inside / a.sum(axis=1).unsqueeze(1).clip(min=1e-8)
@@ -120,9 +126,7 @@ def grounding_pixel_loss(probs: Sequence[paddle.Tensor], tokens: paddle.Tensor, 
         return paddle.zeros([], "float32")
     total = paddle.zeros([], "float32")
     for w in probs:
-        a = w.astype("float32").mean(axis=1)                                    # (B, S, M)
-        side = int(round(a.shape[1] ** 0.5))
-        m = F.adaptive_avg_pool2d(masks.astype("float32"), [side, side]).flatten(2)   # (B, K, S)
+        a, m = _heads_and_masks(w, masks)
         share = paddle.einsum("bsm,bkm->bks", a, tokens).clip(eps, 1.0 - eps)
         bce = -(m * paddle.log(share) + (1.0 - m) * paddle.log(1.0 - share)).mean(axis=2)   # (B, K)
         total = total + (bce * valid).sum() / n
