@@ -26,12 +26,14 @@ TASKS = {
     "class2img_digits": [],
     "uncond_digits": [],
     "txt2img_shapes": SHAPES_SMALL,
+    "txt2img_shapes_plain": SHAPES_SMALL,
     "layout2img_shapes": SHAPES_SMALL,
     "inpaint_shapes": SHAPES_SMALL,
     "sr_shapes": ["data.train.base.num_samples=8", "data.val.base.num_samples=4"],
     "sr_shapes_pixel": ["data.train.base.num_samples=8", "data.val.base.num_samples=4"],
 }
 METRIC_KEYS = {"class2img_digits": "digit_acc", "uncond_digits": "fid", "txt2img_shapes": "caption_acc",
+               "txt2img_shapes_plain": "caption_acc",
                "layout2img_shapes": "box_iou", "inpaint_shapes": "inpaint_mae_masked", "sr_shapes": "psnr",
                "sr_shapes_pixel": "psnr"}
 
