@@ -95,7 +95,8 @@ class LatentDiffusion(nn.Layer):
         grounding: text-to-image only: ``{token: w1, pixel: w2}``, the weights of the token and
             pixel grounding losses (:mod:`ppldm.models.grounding`) on the cross-attention maps of
             the caption's object phrases; the training batches then need ``phrases`` and
-            ``phrase_masks`` (``ShapesWorld(grounding: true)``). null (default) or zero weights: off.
+            ``phrase_masks`` (``ShapesWorld`` / ``ImageFolderJSONL`` with ``grounding: true``). null
+            (default) or zero weights: off.
     """
 
     def __init__(self, autoencoder: dict, unet: dict = None, conditioner: dict = None, concat: str = None,
@@ -310,6 +311,9 @@ class LatentDiffusion(nn.Layer):
         with keep_cross_attention(self.unet) as layers:
             out = self.diffusion.training_losses(self.unet, z, **kw)
             probs = [layer.probs for layer in layers]
+            if not probs or any(p is None for p in probs):
+                raise ConfigError("model.grounding needs the UNet's cross-attention maps: train with "
+                                  "model.unet.attention_type: standard and a text conditioner (context_dim set)")
             out["diffusion_loss"] = out["loss"]
             for name, fn in (("token", grounding_loss), ("pixel", grounding_pixel_loss)):
                 if self.grounding[name] > 0:

@@ -215,3 +215,14 @@ def test_ldm_grounding_needs_text_and_phrases():
     assert "grounding_token" not in m(batch)
     with keep_cross_attention(m.unet) as layers:
         assert layers and all(layer.keep_probs for layer in layers)
+
+
+def test_ldm_grounding_needs_the_standard_attention():
+    m = _tiny(grounding={"pixel": 1.0})
+    from ppldm.models.attention import set_attention_type
+
+    set_attention_type(m.unet, "split_einsum")
+    m.train()
+    batch = collate([ShapesWorld("train", size=16, num_samples=2, grounding=True)[i] for i in range(2)])
+    with pytest.raises(ConfigError, match="attention_type: standard"):
+        m(batch)
