@@ -103,17 +103,14 @@ def grounding_loss(probs: Sequence[paddle.Tensor], tokens: paddle.Tensor, masks:
     Returns a scalar; 0 when no phrase has tokens.
     """
     tokens = tokens.astype("float32")
-    n = tokens.sum()
-    if float(n) == 0.0:
-        return paddle.zeros([], "float32")
-    total = paddle.zeros([], "float32")
-    for w in probs:
-        a, m = _heads_and_masks(w, masks)
+
+    def term(a, m):
         m = m / m.max(axis=2, keepdim=True).clip(min=1e-6)
         inside = paddle.einsum("bsm,bks->bkm", a, m)                           # (B, K, M)
         ratio = inside / a.sum(axis=1).unsqueeze(1).clip(min=1e-8)
-        total = total + (tokens * (1.0 - ratio) ** 2).sum() / n
-    return total / max(len(probs), 1)
+        return (tokens * (1.0 - ratio) ** 2).sum()
+
+    return _layer_mean(probs, masks, tokens.sum(), term)
 
 
 def grounding_pixel_loss(probs: Sequence[paddle.Tensor], tokens: paddle.Tensor, masks: paddle.Tensor,
@@ -121,15 +118,22 @@ def grounding_pixel_loss(probs: Sequence[paddle.Tensor], tokens: paddle.Tensor, 
     """TokenCompose's pixel loss per phrase (module docstring); arguments as :func:`grounding_loss`."""
     tokens = tokens.astype("float32")
     valid = (tokens.sum(axis=2) > 0).astype("float32")                         # (B, K)
-    n = valid.sum()
+
+    def term(a, m):
+        share = paddle.einsum("bsm,bkm->bks", a, tokens).clip(eps, 1.0 - eps)
+        bce = -(m * paddle.log(share) + (1.0 - m) * paddle.log(1.0 - share)).mean(axis=2)   # (B, K)
+        return (bce * valid).sum()
+
+    return _layer_mean(probs, masks, valid.sum(), term)
+
+
+def _layer_mean(probs, masks, n, term) -> paddle.Tensor:
+    """Mean over the layers of ``term(a, m) / n`` (:func:`_heads_and_masks`); 0 when ``n`` is 0."""
     if float(n) == 0.0:
         return paddle.zeros([], "float32")
     total = paddle.zeros([], "float32")
     for w in probs:
-        a, m = _heads_and_masks(w, masks)
-        share = paddle.einsum("bsm,bkm->bks", a, tokens).clip(eps, 1.0 - eps)
-        bce = -(m * paddle.log(share) + (1.0 - m) * paddle.log(1.0 - share)).mean(axis=2)   # (B, K)
-        total = total + (bce * valid).sum() / n
+        total = total + term(*_heads_and_masks(w, masks)) / n
     return total / max(len(probs), 1)
 
 
