@@ -13,10 +13,11 @@ phrases are, in caption order::
     {"file": "a.png", "caption": "a cat left of a dog",
      "phrases": [{"text": "cat", "box": [0.05, 0.3, 0.45, 0.9]}, {"text": "dog", "box": [0.5, 0.2, 0.95, 0.9]}]}
 
-Each phrase must occur in the caption; its box (``[x0, y0, x1, y1]`` in [0, 1]) becomes its mask. Lines that are not valid JSON, records without a
-usable ``file``, missing or corrupt images and malformed labels/boxes are reported (logged, and
-listed in ``dataset.skipped`` as ``(line_number, reason)``) and skipped; only a dataset with no
-usable record at all is an error.
+Each phrase must occur in the caption; its box (``[x0, y0, x1, y1]`` in [0, 1]) becomes its mask.
+
+Lines that are not valid JSON, records without a usable ``file``, missing or corrupt images and
+malformed labels/boxes/phrases are reported (logged, and listed in ``dataset.skipped`` as
+``(line_number, reason)``) and skipped; only a dataset with no usable record at all is an error.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Token-level grounding loss for text-to-image (TokenCompose, Wang et al., CVPR 2024).
+"""Token and pixel grounding losses for text-to-image (TokenCompose, Wang et al., CVPR 2024).
 
 A text-to-image model trained only on the denoising loss can learn *what* a caption names and
 still ignore *where* ("left of" vs "right of": docs/ldm_tasks.md, the relation probe). Here the
@@ -19,7 +19,8 @@ no other token (which a contextual encoder may also fill with the colour) paints
 
 Batches carry ``phrases`` (per sample one string, the object phrases in caption order joined by
 ``|``: ``"red circle|blue square"``) and ``phrase_masks`` ([B, K, H, W] coverage in [0, 1], row
-``k`` for phrase ``k``; rows past the phrases are ignored). ``ShapesWorld(grounding=True)`` makes both.
+``k`` for phrase ``k``; rows past the phrases are ignored). ``ShapesWorld(grounding=True)`` and
+``ImageFolderJSONL(grounding=True)`` (phrase boxes from the JSONL) make both.
 """
 from __future__ import annotations
 
