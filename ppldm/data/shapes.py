@@ -73,12 +73,15 @@ def relation(a: ShapeObject, b: ShapeObject) -> str:
     return "above" if ay < by else "below"
 
 
+def caption_text(named: List[Tuple[str, str]], rel: str = None) -> str:
+    """The caption of (colour, shape) pairs: "a red circle" or, with ``rel``, "a red circle left of a blue square"."""
+    first = f"a {named[0][0]} {named[0][1]}"
+    return first if rel is None else f"{first} {rel} a {named[1][0]} {named[1][1]}"
+
+
 def caption_of(objects: List[ShapeObject]) -> str:
-    if len(objects) == 1:
-        o = objects[0]
-        return f"a {o.color} {o.shape}"
-    a, b = objects[0], objects[1]
-    return f"a {a.color} {a.shape} {relation(a, b)} a {b.color} {b.shape}"
+    named = [(o.color, o.shape) for o in objects]
+    return caption_text(named, relation(objects[0], objects[1]) if len(objects) > 1 else None)
 
 
 def phrases_of(objects: List[ShapeObject]) -> str:

@@ -24,13 +24,13 @@ INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "belo
 
 def reversed_caption(caption: str) -> str:
     """"a red circle left of a blue square" -> "a red circle right of a blue square"."""
+    from ..data.shapes import caption_text
     from ..metrics.shapes import parse_caption
 
     objs, rel = parse_caption(caption)
     if rel is None:
         raise ValueError(f"{caption!r} names no relation")
-    (c0, s0), (c1, s1) = objs
-    return f"a {c0} {s0} {INVERSE[rel]} a {c1} {s1}"
+    return caption_text(objs, INVERSE[rel])
 
 
 def relation_losses(model, images, captions: List[str], timesteps: Sequence[int] = (100, 300, 500, 700, 900),
