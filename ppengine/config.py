@@ -211,7 +211,46 @@ def load_config(path: str, overrides: Iterable[str] = ()) -> Config:
         k, v = parse_override(ov)
         apply_override(cfg, k, v)
     check_sections(cfg)
+    resolve_references(cfg)
     return cfg
+
+
+_REF = re.compile(r"^\$\{\s*([A-Za-z0-9_.\-]+)\s*\}$")
+
+
+def resolve_references(cfg: Config) -> None:
+    """Replace every value that is exactly ``${a.b.c}`` by the value at ``a.b.c`` (after the
+    ``-o`` overrides, so overriding the referenced key moves every reference with it):
+    one setting written once, e.g. ``data.train.image_size: ${model.image_size}``."""
+
+    def lookup(path: str, where: str, chain):
+        if path in chain:
+            raise ConfigError(f"{cfg.source_of(where)}: {where}: circular reference "
+                              f"{' -> '.join(list(chain) + [path])}")
+        node: Any = cfg
+        for part in path.split("."):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+                node = node[int(part)]
+            else:
+                raise ConfigError(f"{cfg.source_of(where)}: {where}: ${{{path}}} refers to a key that does not "
+                                  f"exist ({part!r} is missing)")
+        return resolve(node, path, chain + [path])
+
+    def resolve(node, where: str, chain):
+        if isinstance(node, str):
+            m = _REF.match(node)
+            return lookup(m.group(1), where, chain) if m else node
+        if isinstance(node, dict):
+            for k in list(node):
+                node[k] = resolve(node[k], f"{where}.{k}" if where else str(k), chain)
+        elif isinstance(node, list):
+            for i in range(len(node)):
+                node[i] = resolve(node[i], f"{where}.{i}", chain)
+        return node
+
+    resolve(cfg, "", [])
 
 
 def check_sections(cfg: Config):

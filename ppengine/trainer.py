@@ -47,6 +47,9 @@ def build_model(cfg, load: bool = True):
     cfg = _cfg(cfg)
     mcfg = dict(cfg.get("model") or {})
     weights = mcfg.pop("weights", None)
+    check = getattr(MODELS.get(mcfg["type"], "model.type", cfg), "check_config", None) if "type" in mcfg else None
+    if check is not None:  # a model's build-time agreement with its loss and data (e.g. DECA.check_config)
+        check(cfg)
     model = MODELS.build(mcfg, "model", cfg)
     if load and weights:
         load_weights(model, weights)

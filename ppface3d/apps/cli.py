@@ -1,6 +1,7 @@
 """``python tools/infer.py face3d``: reconstruct faces from an image, a folder or a video.
 
     python tools/infer.py face3d --image photo.jpg                       # fitting, no network
+    python tools/infer.py face3d --image photos/ --weights output/deca          # a trained run folder
     python tools/infer.py face3d --image photos/ -c configs/deca.yml --weights output/deca/best.safetensors
     python tools/infer.py face3d --image clip.mp4 --every 5 --max-frames 40
     python tools/infer.py face3d --image target.jpg --transfer-from source.jpg --animation mp4
@@ -27,9 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", "-i", required=True, help="an image, a folder of images, or a video")
     p.add_argument("--output", "-O", default="output/face3d_infer", help="output folder")
-    p.add_argument("-c", "--config", default=None, help="DECA config (with --weights, or for FLAME/albedo paths)")
+    p.add_argument("-c", "--config", default=None, help="DECA config (for a bare weights file, or for FLAME/albedo "
+                                                        "paths when fitting)")
     p.add_argument("-o", "--override", action="append", default=[], help="config override key=value")
-    p.add_argument("--weights", default=None, help="trained DECA weights (.safetensors); default: fit each face")
+    p.add_argument("--weights", default=None, help="a trained run folder (output/deca: its config.yml + weights) or "
+                                                   "weights file; default: fit each face")
     p.add_argument("--transfer-from", default=None, help="source photo whose expression and jaw pose are "
                                                          "put on each target face")
     p.add_argument("--animation", choices=["gif", "mp4"], default="gif", help="transfer animation format")
@@ -118,8 +121,8 @@ def run(args) -> int:
                 save_png(os.path.join(folder, "transfer_textured.png"), dec["textured"])
                 save_png(os.path.join(folder, "transfer_shape.png"), dec["shape"])
                 save_png(os.path.join(folder, "transfer_overlay.png"), rec.overlay(face, dec, r.original))
-                save_obj(os.path.join(folder, "transfer.obj"), dec["vertices"], rec.flame.faces,
-                         rec.flame.uv_coords, rec.flame.uv_faces)
+                save_obj(os.path.join(folder, "transfer.obj"), dec["vertices"], rec.face.faces,
+                         rec.face.uv_coords, rec.face.uv_faces)
                 frames = rec.transfer_animation(face, codes, source_codes, r.original, args.frames)
                 save_animation(os.path.join(folder, f"transfer.{args.animation}"), frames)
             print(f"{name}: face {k} -> {folder}")

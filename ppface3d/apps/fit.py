@@ -26,7 +26,9 @@ class FaceFitter:
     """Fit FLAME + albedo + light + camera to a face crop.
 
     Args:
-        n_shape, n_exp, n_tex: code sizes.
+        face: the :class:`~ppface3d.face_model.FaceModel` to fit (rendered at ``image_size``;
+            e.g. a DECA model's ``model.face``); None builds one from the arguments below.
+        n_shape, n_exp, n_tex: code sizes (when ``face`` is None).
         image_size: render/fit resolution (the crop is resized to it).
         landmark_iters, photo_iters: Adam steps per stage.
         lr: Adam learning rate.
@@ -36,28 +38,25 @@ class FaceFitter:
         progress: show a tqdm bar.
     """
 
-    def __init__(self, n_shape: int = 100, n_exp: int = 50, n_tex: int = 50, image_size: int = 128,
+    def __init__(self, face=None, n_shape: int = 100, n_exp: int = 50, n_tex: int = 50, image_size: int = 128,
                  landmark_iters: int = 150, photo_iters: int = 100, lr: float = 0.02,
                  w_shape: float = 2e-3, w_exp: float = 1e-3, w_tex: float = 1e-3, w_light: float = 0.1,
                  w_photo: float = 2.0, flame_model_path: Optional[str] = None,
                  flame_landmark_path: Optional[str] = None, albedo_path: Optional[str] = None,
-                 uv_size: int = 64, progress: bool = True, parts=None):
-        from ..flame import FLAME
-        from ..models.albedo import AlbedoModel
-        from ..render import Renderer
+                 uv_size: int = 64, progress: bool = True):
+        from ..face_model import FaceModel
 
         self.S = int(image_size)
-        self.n = dict(shape=n_shape, exp=n_exp, tex=n_tex)
+        if face is None:
+            face = FaceModel(n_shape=n_shape, n_exp=n_exp, n_tex=n_tex, image_size=self.S, uv_size=uv_size,
+                             flame_model_path=flame_model_path, flame_landmark_path=flame_landmark_path,
+                             albedo_path=albedo_path)
+        self.face = face.at_size(self.S)
+        self.n = dict(self.face.code_sizes)
         self.iters = (int(landmark_iters), int(photo_iters))
         self.lr = float(lr)
         self.w = dict(shape=w_shape, exp=w_exp, tex=w_tex, light=w_light, photo=w_photo)
         self.progress = progress
-        if parts is not None:  # share FLAME / albedo with a DECA model
-            self.flame, self.albedo = parts
-        else:
-            self.flame = FLAME(flame_model_path, flame_landmark_path, n_shape=n_shape, n_expression=n_exp)
-            self.albedo = AlbedoModel(n_tex, uv_size, albedo_path, flame=self.flame)
-        self.renderer = Renderer(self.S, self.flame.faces, self.flame.uv_coords, self.flame.uv_faces)
 
     def _camera(self, p):
         """DECA camera [s, tx, ty] from the fitted log-scale and NDC shift (well-scaled for Adam)."""
@@ -65,13 +64,10 @@ class FaceFitter:
         return paddle.concat([s, p["cam"][:, 1:3] / s + self._t0], 1)
 
     def _decode(self, p, render: bool, deca_cam: bool = False):
-        from ..render import OrthographicCamera
-
-        fo = self.flame(shape=p["shape"], expression=p["exp"], global_pose=p["pose"][:, :3], jaw_pose=p["pose"][:, 3:])
-        cam = OrthographicCamera(p["cam"] if deca_cam else self._camera(p))
-        out = {"landmarks2d": cam.project(fo.landmarks), "vertices": fo.vertices}
+        codes = dict(p, cam=p["cam"] if deca_cam else self._camera(p))
+        out = self.face.decode(codes)
         if render:
-            r = self.renderer(fo.vertices, cam, albedos=self.albedo(p["tex"]), lights=p["light"])
+            r = self.face.render(out, light=p["light"], albedo=self.face.albedo_map(p["tex"]))
             out["image"], out["alpha"] = r["images"], r["alpha_images"]
         return out
 
@@ -88,12 +84,13 @@ class FaceFitter:
         from tqdm import tqdm
 
         from ..data.preprocess import landmark_face_mask
-        from ..models.deca import framing_camera, sh_ambient
+        from ..face_model import sh_ambient
+        from ..render import pixels_to_ndc
 
         img = face.image if hasattr(face, "image") else face["image"]
         lm_px = face.landmarks if hasattr(face, "landmarks") else face["landmarks"]
         S0 = img.shape[0]
-        lm_ndc = (np.asarray(lm_px, np.float32) + 0.5) / S0 * 2.0 - 1.0
+        lm_ndc = pixels_to_ndc(np.asarray(lm_px, np.float32), S0).astype(np.float32)
         target_lm = paddle.to_tensor(np.concatenate([lm_ndc, np.ones((68, 1), np.float32)], 1)[None])
         image = paddle.to_tensor(np.ascontiguousarray(img.transpose(2, 0, 1))[None].astype(np.float32))
         if S0 != self.S:
@@ -101,9 +98,7 @@ class FaceFitter:
         mask_px = (np.asarray(lm_px, np.float64) + 0.5) * self.S / S0 - 0.5
         mask = paddle.to_tensor(landmark_face_mask(mask_px, self.S)[None])
 
-        with paddle.no_grad():
-            mean = self.flame(shape=paddle.zeros([1, self.n["shape"]]))
-        cam0 = framing_camera(mean.landmarks.numpy()[0])
+        cam0 = self.face.framing_camera(self.face.mean_landmarks(static=False))
         self._s0, self._t0 = float(cam0[0]), paddle.to_tensor(cam0[None, 1:])
         init = dict(init or {})
         if "cam" in init:  # back to the fitted parametrisation

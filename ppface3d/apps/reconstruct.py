@@ -2,6 +2,7 @@
 then codes, meshes and renders on the original photo; expression transfer between faces.
 
     rec = FaceReconstructor()                                   # fitting (no network)
+    rec = FaceReconstructor(weights="output/deca")              # a trained run folder (its config.yml)
     rec = FaceReconstructor(config="configs/deca.yml", weights="output/deca/best.safetensors")
     for face in FacePreprocessor()("photo.jpg").faces:
         codes = rec.codes(face)
@@ -18,7 +19,8 @@ import paddle
 from ppengine.errors import InputError
 
 from ..data.preprocess import FaceCrop, landmark_face_mask, paste_back
-from ..models.deca import draw_landmarks, sh_ambient
+from ..render import ndc_to_pixels, pixels_to_ndc
+from ..render.draw import draw_landmarks
 
 CODE_KEYS = ("shape", "tex", "exp", "pose", "cam", "light")
 
@@ -27,8 +29,11 @@ class FaceReconstructor:
     """Codes for a face crop (network or fitting) and everything written from them.
 
     Args:
-        config, weights: a DECA config and trained weights (safetensors); without weights the
-            codes come from :class:`~ppface3d.apps.fit.FaceFitter`.
+        config, weights: a trained model: ``weights`` a run folder or weights file with the
+            ``config.yml`` the trainer wrote beside it (:func:`ppengine.load_for_inference`), or
+            a weights file with the ``config`` it was trained with; without weights the codes
+            come from :class:`~ppface3d.apps.fit.FaceFitter` (``config`` then only names the
+            FLAME / albedo files and code sizes).
         overrides: ``-o`` style overrides for the config.
         render_size: size of the crop renders (the crops are 224 as DECA's).
         fit_size, fit_iters: fitting resolution and (landmark, photometric) Adam steps.
@@ -39,52 +44,51 @@ class FaceReconstructor:
     def __init__(self, config: Optional[str] = None, weights: Optional[str] = None, overrides=(),
                  render_size: int = 224, fit_size: int = 128, fit_iters=(150, 100), uv_size: int = 256,
                  progress: bool = True):
-        from ..render import Renderer
+        from ..face_model import FaceModel
+        from .fit import FaceFitter
 
         self.model = None
         self.fitter = None
         if weights:
-            if not config:
-                raise InputError("--weights needs the config it was trained with (-c configs/deca.yml)")
-            if not os.path.isfile(weights):
-                raise InputError(f"weights file {weights!r} not found (train with tools/train.py first, or "
+            if not os.path.exists(weights):
+                raise InputError(f"weights {weights!r} not found (train with tools/train.py first, or "
                                  f"leave --weights out to fit each face by optimisation)")
-            from ppengine.config import load_config
-            from ppengine.trainer import build_model
+            if config:
+                from ppengine.config import load_config
+                from ppengine.trainer import build_model
 
-            cfg = load_config(config, list(overrides) + [f"model.weights={weights}"])
-            self.model = build_model(cfg)
+                if not os.path.isfile(weights):
+                    raise InputError(f"--weights {weights!r}: with -c give a weights file; a run folder "
+                                     "carries its own config.yml (leave -c out)")
+                cfg = load_config(config, list(overrides) + [f"model.weights={weights}"])
+                self.model = build_model(cfg)
+            else:
+                from ppengine import load_for_inference
+
+                self.model, _ = load_for_inference(weights, overrides)
+            if not hasattr(self.model, "face") or not hasattr(self.model, "encode_test"):
+                raise InputError(f"{weights}: a {type(self.model).__name__} is not a face reconstruction model")
             self.model.eval()
-            flame, albedo = self.model.flame, self.model.albedo
+            face = self.model.face
         else:
-            from .fit import FaceFitter
-
-            kw = {}
+            m = {}
             if config:
                 from ppengine.config import load_config
 
                 m = load_config(config, list(overrides)).get("model", {})
-                kw = {k: m[k] for k in ("flame_model_path", "flame_landmark_path", "albedo_path") if m.get(k)}
-                kw.update({k: m[k] for k in ("n_shape", "n_exp", "n_tex") if k in m})
-            self.fitter = FaceFitter(image_size=fit_size, landmark_iters=fit_iters[0], photo_iters=fit_iters[1],
-                                     progress=progress, **kw)
-            flame, albedo = self.fitter.flame, self.fitter.albedo
-        self.flame, self.albedo = flame, albedo
+            face = FaceModel.from_config(m, image_size=fit_size)
+            self.fitter = FaceFitter(face, image_size=fit_size, landmark_iters=fit_iters[0],
+                                     photo_iters=fit_iters[1], progress=progress)
         self.S = int(render_size)
+        self.face = face.at_size(self.S)
         self.uv_size = int(uv_size)
-        self.renderer = Renderer(self.S, flame.faces, flame.uv_coords, flame.uv_faces)
 
     # ------------------------------------------------------------------ codes
     @paddle.no_grad()
     def _encode(self, face: FaceCrop) -> Dict[str, np.ndarray]:
-        import paddle.nn.functional as F
-
         x = paddle.to_tensor(np.ascontiguousarray(face.image.transpose(2, 0, 1))[None])
-        s = self.model.image_size
-        if x.shape[-1] != s:
-            x = F.interpolate(x, size=[s, s], mode="area")
-        codes = self.model.encode_test(x)
-        return {k: v.numpy() for k, v in codes.items()}
+        codes = self.model.reconstruct(x)["codes"]
+        return {k: v.numpy() for k, v in codes.items() if k in CODE_KEYS}
 
     def codes(self, face: FaceCrop) -> Dict[str, np.ndarray]:
         """FLAME/albedo/light/camera codes for one face, each (1, ...)."""
@@ -101,21 +105,14 @@ class FaceReconstructor:
         Returns numpy: vertices (V, 3), landmarks2d (68, 2) NDC, textured (S, S, 3), alpha
         (S, S), shape (S, S, 3) grey render, albedo (T, T, 3) UV albedo.
         """
-        from ..render import OrthographicCamera
-
         t = {k: paddle.to_tensor(np.asarray(codes[k], np.float32)) for k in CODE_KEYS}
         light = t["light"].reshape([-1, 9, 3])
-        fo = self.flame(shape=t["shape"], expression=t["exp"], global_pose=t["pose"][:, :3], jaw_pose=t["pose"][:, 3:])
-        cam = OrthographicCamera(t["cam"])
-        alb = self.albedo(t["tex"])
-        r = self.renderer(fo.vertices, cam, albedos=alb, lights=light)
-        grey = sh_ambient(0.7)
-        grey[3] = 0.5
-        grey[2] = 0.2
-        s = self.renderer(fo.vertices, cam, lights=paddle.to_tensor(grey[None]),
-                          vertex_colors=paddle.full([1, fo.vertices.shape[1], 3], 0.85))
+        dec = self.face.decode(t)
+        alb = self.face.albedo_map(t["tex"])
+        r = self.face.render(dec, light=light, albedo=alb)
+        s = self.face.render(dec, mode="shape")
         return {
-            "vertices": fo.vertices.numpy()[0], "landmarks2d": cam.project(fo.landmarks).numpy()[0],
+            "vertices": dec["vertices"].numpy()[0], "landmarks2d": dec["landmarks2d"].numpy()[0],
             "textured": r["images"].numpy()[0].transpose(1, 2, 0), "alpha": r["alpha_images"].numpy()[0, 0],
             "shape": s["images"].numpy()[0].transpose(1, 2, 0), "albedo": alb.numpy()[0].transpose(1, 2, 0),
         }
@@ -124,8 +121,7 @@ class FaceReconstructor:
         """(S, S) soft mask of the reconstructed face (landmark polygon within the render)."""
         from scipy.ndimage import gaussian_filter
 
-        px = (landmarks2d + 1.0) * self.S / 2.0 - 0.5
-        m = landmark_face_mask(px, self.S) * (alpha > 0.5)
+        m = landmark_face_mask(ndc_to_pixels(landmarks2d, self.S), self.S) * (alpha > 0.5)
         return np.clip(gaussian_filter(m.astype(np.float32), sigma=self.S / 112.0), 0, 1)
 
     def overlay(self, face: FaceCrop, dec: Dict[str, np.ndarray], original: np.ndarray, key: str = "textured"):
@@ -138,20 +134,11 @@ class FaceReconstructor:
 
     def landmarks_on_photo(self, face: FaceCrop, dec: Dict[str, np.ndarray], original: np.ndarray) -> np.ndarray:
         """Detected (green) and reconstructed (red) landmarks drawn on the original photo."""
-        S0 = face.image.shape[0]
-        pred_crop = (dec["landmarks2d"] + 1.0) * S0 / 2.0 - 0.5
-        pred = face.to_original(pred_crop)
+        pred = face.to_original(ndc_to_pixels(dec["landmarks2d"], face.image.shape[0]))
         img = original.astype(np.float32) / 255.0 if original.dtype == np.uint8 else original.astype(np.float32)
         H, W = img.shape[:2]
-        to_ndc = lambda p: np.stack([(p[:, 0] + 0.5) / W * 2 - 1, (p[:, 1] + 0.5) / H * 2 - 1], 1)  # noqa: E731
-        if H != W:  # draw_landmarks works on squares: pad
-            side = max(H, W)
-            pad = np.zeros((side, side, 3), np.float32)
-            pad[:H, :W] = img
-            to_ndc = lambda p: (p + 0.5) / side * 2 - 1  # noqa: E731
-            out = draw_landmarks(pad, to_ndc(pred), (1, 0.1, 0.1), to_ndc(face.landmarks_original), (0.1, 1, 0.1))
-            return out[:H, :W]
-        return draw_landmarks(img, to_ndc(pred), (1, 0.1, 0.1), to_ndc(face.landmarks_original), (0.1, 1, 0.1))
+        return draw_landmarks(img, pixels_to_ndc(pred, (H, W)), (1, 0.1, 0.1),
+                              pixels_to_ndc(face.landmarks_original, (H, W)), (0.1, 1, 0.1))
 
     # ------------------------------------------------------------------ files
     def save(self, face: FaceCrop, codes: Dict[str, np.ndarray], folder: str, original: np.ndarray,
@@ -168,12 +155,12 @@ class FaceReconstructor:
 
         tex = F.interpolate(paddle.to_tensor(dec["albedo"].transpose(2, 0, 1)[None]),
                             size=[self.uv_size, self.uv_size], mode="bilinear").numpy()[0].transpose(1, 2, 0)
-        nmap = uv_normal_map(dec["vertices"], self.flame.faces, self.flame.uv_coords, self.flame.uv_faces, self.uv_size)
-        files.append(save_obj(p("mesh.obj"), dec["vertices"], self.flame.faces, self.flame.uv_coords,
-                              self.flame.uv_faces, texture=tex, normal_map=nmap))
+        f = self.face
+        nmap = uv_normal_map(dec["vertices"], f.faces, f.uv_coords, f.uv_faces, self.uv_size)
+        files.append(save_obj(p("mesh.obj"), dec["vertices"], f.faces, f.uv_coords, f.uv_faces, texture=tex,
+                              normal_map=nmap))
         files += [p("mesh.png"), p("mesh.mtl"), p("mesh_normals.png")]
-        files.append(save_glb(p("mesh.glb"), dec["vertices"], self.flame.faces, self.flame.uv_coords,
-                              self.flame.uv_faces, tex))
+        files.append(save_glb(p("mesh.glb"), dec["vertices"], f.faces, f.uv_coords, f.uv_faces, tex))
         files.append(save_png(p("shape.png"), dec["shape"]))
         files.append(save_png(p("textured.png"), dec["textured"]))
         files.append(save_png(p("overlay.png"), self.overlay(face, dec, original)))

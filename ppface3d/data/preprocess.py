@@ -182,15 +182,6 @@ class FaceCrop:
         """(..., 2) crop pixels -> original photo pixels."""
         return apply_transform(np.linalg.inv(self.tform), pts)
 
-    def to_crop(self, pts: np.ndarray) -> np.ndarray:
-        """(..., 2) original photo pixels -> crop pixels."""
-        return apply_transform(self.tform, pts)
-
-    def landmarks_normalized(self) -> np.ndarray:
-        """(68, 2) landmarks in DECA's [-1, 1] crop coordinates."""
-        s = self.image.shape[0]
-        return ((self.landmarks + 0.5) / s * 2.0 - 1.0).astype(np.float32)
-
 
 @dataclass
 class PreprocessResult:

@@ -187,18 +187,22 @@ class SyntheticFaces(paddle.io.Dataset):
 
     # ------------------------------------------------------------------ generator parts
     def _parts(self):
+        """(face model, background photos), built on first use."""
         if self._gen is None:
-            from ..flame import FLAME
-            from ..models.albedo import AlbedoModel
-            from ..render import Renderer
+            from ..face_model import FaceModel
 
             a = self.model_args
-            flame = FLAME(a["flame_model_path"], a["flame_landmark_path"], n_shape=self.n_shape,
-                          n_expression=self.n_exp)
-            albedo = AlbedoModel(self.n_tex, a["uv_size"], a["albedo_path"], flame=flame, seed=a["albedo_seed"])
-            renderer = Renderer(self.S, flame.faces, flame.uv_coords, flame.uv_faces, backend=a["render_backend"])
-            self._gen = (flame, albedo, renderer, _photo_pool())
+            face = FaceModel(n_shape=self.n_shape, n_exp=self.n_exp, n_tex=self.n_tex, image_size=self.S,
+                             uv_size=a["uv_size"], flame_model_path=a["flame_model_path"],
+                             flame_landmark_path=a["flame_landmark_path"], albedo_path=a["albedo_path"],
+                             albedo_seed=a["albedo_seed"], render_backend=a["render_backend"])
+            self._gen = (face, _photo_pool())
         return self._gen
+
+    @property
+    def face(self):
+        """The :class:`~ppface3d.face_model.FaceModel` that renders the samples."""
+        return self._parts()[0]
 
     def _rng(self, i: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, _SPLITS[self.split], int(i), zlib.crc32(b"SyntheticFaces")])
@@ -232,54 +236,49 @@ class SyntheticFaces(paddle.io.Dataset):
 
     @paddle.no_grad()
     def _posed_many(self, cs):
-        """Posed FLAME outputs of the codes ``cs`` (a list from :meth:`sample_codes`), K images
-        each in order, and their jittered DECA-crop cameras (len(cs) * K, 3) (numpy)."""
-        from ..models.deca import framing_camera
-
-        flame = self._parts()[0]
+        """Decoded FLAME geometry of the codes ``cs`` (a list from :meth:`sample_codes`), K images
+        each in order (:meth:`FaceModel.decode` without a camera), and their jittered DECA-crop
+        cameras (len(cs) * K, 3) (numpy)."""
+        face = self.face
         t = paddle.to_tensor
         cat = lambda f: np.concatenate([f(c) for c in cs])  # noqa: E731
         shape = np.repeat(np.stack([c["shape"] for c in cs]), self.K, 0)
-        pose = cat(lambda c: c["pose"])
-        fo = flame(shape=t(shape), expression=t(cat(lambda c: c["exp"])), global_pose=t(pose[:, :3]),
-                   jaw_pose=t(pose[:, 3:]))
-        cam = framing_camera(fo.landmarks.numpy())
+        dec = face.decode({"shape": t(shape), "exp": t(cat(lambda c: c["exp"])), "pose": t(cat(lambda c: c["pose"]))})
+        cam = face.framing_camera(dec["landmarks3d"].numpy())
         cam[:, 0] *= cat(lambda c: c["jitter"]["scale"])
         cam[:, 1:] += cat(lambda c: c["jitter"]["trans"]) / cam[:, :1]
-        return fo, cam
+        return dec, cam
 
     def posed(self, c: Dict[str, np.ndarray]):
-        """The K posed FLAME outputs of codes ``c`` (from :meth:`sample_codes`) and their
-        jittered DECA-crop cameras (K, 3) (numpy); no rendering."""
+        """The K posed geometries of codes ``c`` (from :meth:`sample_codes`: a dict with
+        'vertices' (K, V, 3) and 'landmarks3d' (K, 68, 3) world) and their jittered DECA-crop
+        cameras (K, 3) (numpy); no rendering."""
         return self._posed_many([c])
 
     @paddle.no_grad()
     def _generate_many(self, indices) -> list:
         """Render subjects ``indices`` in one batch (each sample is the same as rendering it
         alone: every random draw is a function of its own index)."""
-        from ..models.deca import DECA
-        from ..render import OrthographicCamera
-
-        flame, albedo_model, renderer, photos = self._parts()
+        face, photos = self._parts()
         indices = [int(i) for i in indices]
         cs = [self.sample_codes(i) for i in indices]
         K, n = self.K, len(indices)
         t = paddle.to_tensor
-        fo, cam = self._posed_many(cs)
-        camera = OrthographicCamera(t(cam))
-        alb = albedo_model(t(np.stack([c["tex"] for c in cs])))
+        dec, cam = self._posed_many(cs)
+        dec = face.place(dec, t(cam))
+        alb = face.albedo_map(t(np.stack([c["tex"] for c in cs])))
         alb = alb.unsqueeze(1).expand([n, K] + alb.shape[1:]).reshape([n * K] + alb.shape[1:])
         bgs = np.stack([make_background(np.random.default_rng(int(s)), self.S, photos)
                         for c in cs for s in c["jitter"]["bg_seed"]])
         lights = np.concatenate([c["light"] for c in cs])
-        r = renderer(fo.vertices, camera, albedos=alb, lights=t(lights), background=t(bgs))
+        r = face.render(dec, light=t(lights), albedo=alb, background=t(bgs))
         img = r["images"].numpy().reshape([n, K, 3, self.S, self.S])
         mask = (r["alpha_images"].numpy()[:, 0] > 0.5).astype(np.uint8).reshape([n, K, self.S, self.S])
-        lmk2d = camera.project(fo.landmarks).numpy().reshape([n, K, 68, 2])
-        verts = fo.vertices.numpy().astype(np.float16).reshape([n, K, -1, 3]) if self.return_vertices else None
-        neutral = flame(shape=t(np.stack([c["shape"] for c in cs])))
-        lm_n = DECA._lmk68(neutral).numpy()
-        v_n = neutral.vertices.numpy()
+        lmk2d = dec["landmarks2d"].numpy().reshape([n, K, 68, 2])
+        verts = dec["vertices"].numpy().astype(np.float16).reshape([n, K, -1, 3]) if self.return_vertices else None
+        neutral = face.neutral(t(np.stack([c["shape"] for c in cs])))
+        lm_n = neutral["landmarks68"].numpy()
+        v_n = neutral["vertices"].numpy()
         cam = cam.reshape([n, K, 3])
         geo = self._geometry_maps(r).reshape([n, K, 5, self.S // 8, self.S // 8]) if self.geometry else None
         out = []
@@ -312,9 +311,6 @@ class SyntheticFaces(paddle.io.Dataset):
         maps = F.avg_pool2d(paddle.concat([r["normal_images"], d], 1) * m, 8) / cover.clip(min=1e-3)
         return paddle.concat([maps * (cover > 0).astype("float32"), cover], 1).numpy().astype(np.float16)
 
-    def _generate(self, i: int) -> dict:
-        return self._generate_many([i])[0]
-
     def prepare(self, indices) -> None:
         """The order in which the next items will be read (the training data stream calls this
         at every epoch): a cache miss then renders the next ``render_batch`` uncached subjects
@@ -338,7 +334,7 @@ class SyntheticFaces(paddle.io.Dataset):
         """image (K, 3, S, S) float [0, 1], mask (K, S, S) -> augmented copy (see ``augment``)."""
         if self._bg_pool is None:
             rng = np.random.default_rng([self.seed, _SPLITS[self.split], zlib.crc32(b"SyntheticFaces.bg")])
-            photos = self._parts()[3]
+            photos = self._parts()[1]
             self._bg_pool = np.stack([make_background(rng, self.S, photos) for _ in range(256)])
         r = np.random.default_rng(np.random.randint(0, 2 ** 31 - 1))
         K = image.shape[0]
@@ -356,12 +352,10 @@ class SyntheticFaces(paddle.io.Dataset):
 
     def _mirror_tables(self):
         if self._mirror is None:
-            from ..flame.mirror import IBUG68_MIRROR, MIRROR_X, mirror_maps
-            from ..models.deca import DECA
+            from ..flame.mirror import IBUG68_MIRROR, MIRROR_X
 
-            flame = self._parts()[0]
-            maps = mirror_maps(flame)
-            lm = DECA._lmk68(flame(shape=paddle.zeros([1, self.n_shape]))).numpy()[0]
+            maps = self.face.mirror()
+            lm = self.face.mean_landmarks()
             off = np.linalg.norm(lm[IBUG68_MIRROR] - lm * MIRROR_X, axis=-1)  # landmark j vs mirrored partner
             self._mirror = dict(maps=maps, lmk_ok=(off < 1e-3).astype(np.float32))
         return self._mirror

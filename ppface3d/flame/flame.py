@@ -176,10 +176,6 @@ class FLAME(paddle.nn.Layer):
         """Triangles as an int64 NumPy array (F, 3)."""
         return self._faces
 
-    @property
-    def dtype_name(self) -> str:
-        return self._dtype
-
     # ------------------------------------------------------------------ forward
     def _batch_input(self, name, x, tail, B=None):
         if x is None:

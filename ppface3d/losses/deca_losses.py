@@ -24,13 +24,11 @@ _LMK_WEIGHTS[[30, 31, 35]] = 3.0
 _LMK_WEIGHTS[48:68] = 1.5
 _LMK_WEIGHTS[[48, 54]] = 3.0
 
+# loss.geometry: channels the encoder predicts per cell (normal x, y, z, relative depth; the data adds coverage)
+GEOMETRY_CHANNELS = 4
+
 EYE_UP, EYE_DOWN = [37, 38, 43, 44], [41, 40, 47, 46]
 LIP_UP, LIP_DOWN = [61, 62, 63], [67, 66, 65]
-
-
-def landmark_weights() -> np.ndarray:
-    """(68,) DECA's landmark weights."""
-    return _LMK_WEIGHTS.copy()
 
 
 def _with_conf(gt: paddle.Tensor) -> paddle.Tensor:
@@ -144,7 +142,7 @@ class DECALoss:
             costs the evaluation: ``e M e`` with M from
             :func:`ppface3d.losses.metrics.shape_error_matrix` (the mean squared face-region
             vertex error in mm^2 after similarity alignment, to first order), averaged over
-            images (synthetic data); the model sets M (:meth:`set_shape_metric`); 0 = off.
+            images (synthetic data); M is computed in :meth:`setup` from the model's face model; 0 = off.
         geometry: weight of a dense auxiliary term (synthetic data; not in DECA): the encoder's
             stride-8 features predict the rendered face's normals and relative depth per cell
             (``SyntheticFaces(geometry=True)``), L1 weighted by the face's coverage of each
@@ -173,13 +171,35 @@ class DECALoss:
                 p.stop_gradient = True
             self.identity_net = net
 
-    def set_shape_metric(self, matrix: np.ndarray):
-        """The (n_shape, n_shape) matrix of the ``shape_metric`` term."""
-        self.shape_metric_matrix = paddle.to_tensor(np.asarray(matrix, np.float32))
+    # ------------------------------------------------------------------ what the model must provide
+    def setup(self, face) -> None:
+        """Called once by the model with its :class:`~ppface3d.face_model.FaceModel`: terms that
+        need the face model's geometry prepare it here (``shape_metric``: its error matrix)."""
+        if self.w["shape_metric"] > 0:
+            from .metrics import shape_error_matrix
+
+            self.shape_metric_matrix = paddle.to_tensor(
+                shape_error_matrix(face.flame, face.code_sizes["shape"]).astype(np.float32))
+
+    @property
+    def aux_channels(self) -> int:
+        """Channels of the per-cell auxiliary maps the encoder must predict (``geometry``), or 0."""
+        return GEOMETRY_CHANNELS if self.w["geometry"] > 0 else 0
 
     @property
     def use_identity(self) -> bool:
         return self.identity_net is not None and self.w["id"] > 0
+
+    def wants(self, key: str) -> bool:
+        """Whether a prediction beyond the landmarks is used: 'image' (the render),
+        'identity_image' (render pasted over the photo), 'verts_neutral' (neutral mesh)."""
+        if key == "image":
+            return self.needs_render()
+        if key == "identity_image":
+            return self.use_identity
+        if key == "verts_neutral":
+            return self.w["shape_vertex"] > 0
+        raise KeyError(f"DECALoss.wants: unknown prediction {key!r}")
 
     def needs_render(self, step: int = None) -> bool:
         """Whether training iteration ``step`` (None: past every stage) uses the rendered image."""
@@ -243,8 +263,8 @@ class DECALoss:
         if w["shape_metric"] > 0 and "shape" in target and "shape" in codes:
             M = self.shape_metric_matrix
             if M is None:
-                raise ConfigError("model.loss.shape_metric > 0 needs the shape error matrix; DECA sets it "
-                                  "(set_shape_metric), a standalone DECALoss must be given one")
+                raise ConfigError("model.loss.shape_metric > 0 needs the shape error matrix: call "
+                                  "loss.setup(face_model) once before using the loss")
             n = M.shape[0]
             e = self._code_error(codes, target, "shape", n)
             out["shape_metric"] = (paddle.matmul(e, M) * e).sum(1).mean() * w["shape_metric"]

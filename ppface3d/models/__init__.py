@@ -1,8 +1,10 @@
-"""DECA-style models: ResNet encoder, linear UV albedo model, DECA coarse model (registered in MODELS)."""
+"""DECA-style models: ResNet encoder and the DECA coarse model (registered in MODELS).
+
+The face model they are built on (FLAME + albedo + renderer) is :class:`ppface3d.FaceModel`.
+"""
 from . import deca, identity  # noqa: F401  (registers DECA, IdentityFeatureNet)
-from .albedo import AlbedoModel
-from .deca import DECA, framing_camera
+from .deca import DECA
 from .encoder import ResNetEncoder
 from .identity import IdentityFeatureNet
 
-__all__ = ["DECA", "ResNetEncoder", "AlbedoModel", "IdentityFeatureNet", "framing_camera"]
+__all__ = ["DECA", "ResNetEncoder", "IdentityFeatureNet"]

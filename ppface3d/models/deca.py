@@ -6,10 +6,10 @@
     out["landmarks2d"]                    # (B*K, 68, 2) screen NDC (x right, y down, [-1, 1])
     out["image"]                          # (B*K, 3, S, S) rendering (when rendered)
 
-Components (each its own file): :class:`~ppface3d.models.encoder.ResNetEncoder`,
-:class:`ppface3d.flame.FLAME`, :class:`~ppface3d.models.albedo.AlbedoModel`,
-:class:`ppface3d.render.Renderer` with DECA's orthographic camera, and
-:class:`~ppface3d.losses.DECALoss`. Codes follow DECA: pose = [global axis-angle (3),
+Components (each its own file): :class:`~ppface3d.models.encoder.ResNetEncoder`, the
+:class:`~ppface3d.face_model.FaceModel` (FLAME + albedo + renderer + DECA's orthographic
+camera) as ``model.face``, and the loss (:class:`~ppface3d.losses.DECALoss`), which tells the
+model what it needs (``needs_render``, ``wants``, ``aux_channels``). Codes follow DECA: pose = [global axis-angle (3),
 jaw axis-angle (3)], cam = [s, tx, ty], light = 9 SH x RGB.
 """
 from __future__ import annotations
@@ -22,39 +22,10 @@ import paddle.nn as nn
 
 from ppengine.registry import LOSSES, MODELS
 
+from ..face_model import FaceModel, sh_ambient
 from ..losses.deca_losses import consistency_order
-from .albedo import AlbedoModel
+from ..render.draw import draw_landmarks
 from .encoder import ResNetEncoder
-
-# DECA's crop: landmark box side * 1.1 * 1.25 spans the image (NDC width 2).
-CROP_FACTOR = 1.1 * 1.25
-
-
-def framing_camera(landmarks3d: np.ndarray) -> np.ndarray:
-    """Orthographic camera [s, tx, ty] framing 3D landmarks (..., 68, 3) as DECA's crop does.
-
-    The projected landmark box's mean side times 1.1 * 1.25 spans the image, centred.
-    Returns (..., 3).
-    """
-    lm = np.asarray(landmarks3d, np.float64)
-    lo, hi = lm[..., :2].min(-2), lm[..., :2].max(-2)
-    side = ((hi - lo).sum(-1)) / 2.0
-    s = 2.0 / (side * CROP_FACTOR)
-    c = (lo + hi) / 2.0
-    return np.stack([s, -c[..., 0], -c[..., 1]], -1).astype(np.float32)
-
-
-# loss.geometry: channels predicted per cell (normal x, y, z, relative depth; the data adds coverage)
-GEOMETRY_CHANNELS = 4
-
-
-def sh_ambient(level: float = 1.0) -> np.ndarray:
-    """(9, 3) SH coefficients of a uniform white light giving shading ``level``."""
-    from ..render.shading import SH_CONSTANTS
-
-    sh = np.zeros((9, 3), np.float32)
-    sh[0] = level / SH_CONSTANTS[0]
-    return sh
 
 
 @MODELS.register()
@@ -89,121 +60,101 @@ class DECA(nn.Layer):
         super().__init__()
         from ppengine.errors import ConfigError
 
-        from ..flame import FLAME
-        from ..render import Renderer
-
         if n_pose != 6 or n_cam != 3 or n_light != 27:
             raise ConfigError("model: DECA's pose is 6 (global + jaw axis-angle), cam 3 ([s, tx, ty]) and "
                               f"light 27 (9 SH x RGB); got n_pose={n_pose}, n_cam={n_cam}, n_light={n_light}")
         self.image_size = int(image_size)
-        self.flame = FLAME(flame_model_path, flame_landmark_path, n_shape=n_shape, n_expression=n_exp)
-        self.albedo = AlbedoModel(n_tex, uv_size, albedo_path, flame=self.flame, seed=albedo_seed)
-        self.renderer = Renderer(self.image_size, self.flame.faces, self.flame.uv_coords, self.flame.uv_faces,
-                                 backend=render_backend)
+        self.face = FaceModel(n_shape=n_shape, n_exp=n_exp, n_tex=n_tex, image_size=self.image_size,
+                              uv_size=uv_size, flame_model_path=flame_model_path,
+                              flame_landmark_path=flame_landmark_path, albedo_path=albedo_path,
+                              albedo_seed=albedo_seed, render_backend=render_backend)
         self.code_sizes = {"shape": n_shape, "tex": n_tex, "exp": n_exp, "pose": n_pose, "cam": n_cam,
                            "light": n_light}
-        with paddle.no_grad():
-            mean = self.flame(shape=paddle.zeros([1, n_shape]))
-        self._mean_lmk = self._lmk68(mean).numpy()[0]
-        cam0 = framing_camera(self._mean_lmk)
+        cam0 = self.face.framing_camera(self.face.mean_landmarks())
         self.loss_fn = LOSSES.build(loss or {"type": "DECALoss"}, key_path="model.loss")
-        aux = GEOMETRY_CHANNELS if getattr(self.loss_fn, "w", {}).get("geometry", 0) > 0 else 0
+        self.loss_fn.setup(self.face)
         self.encoder = ResNetEncoder(self.code_sizes, depth=encoder_depth, hidden=encoder_hidden,
                                      cam_init=tuple(cam0.tolist()), light_init=sh_ambient(1.0).reshape(-1),
                                      pretrained=encoder_weights, width=encoder_width, pool=encoder_pool,
-                                     image_size=self.image_size, aux_channels=aux)
-        if getattr(self.loss_fn, "w", {}).get("shape_metric", 0) > 0:
-            from ..losses.metrics import shape_error_matrix
-
-            self.loss_fn.set_shape_metric(shape_error_matrix(self.flame, n_shape))
+                                     image_size=self.image_size, aux_channels=self.loss_fn.aux_channels)
         self._train_step = None  # set by the engine (set_train_step) for staged losses
         self.test_flip = bool(test_flip)
-        self._mirror = None
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Engine hook, before building: the model, its loss and the data agree (image size, code
+        sizes, geometry maps, K); see :mod:`ppface3d.models.config_checks`."""
+        from .config_checks import check_face_config, defaults_of
+
+        loss_cfg = (cfg.get("model") or {}).get("loss") or {}
+        loss_cls = LOSSES.get(loss_cfg.get("type", "DECALoss"), "model.loss.type", cfg)
+        check_face_config(cfg, defaults_of(cls), defaults_of(loss_cls))
 
     def set_train_step(self, step: int):
         """Engine hook: the training iteration about to run (``loss.photo_start`` stages)."""
         self._train_step = int(step)
 
     # ------------------------------------------------------------------ pieces
-    @staticmethod
-    def _lmk68(flame_out):
-        return flame_out.landmarks_full68 if flame_out.landmarks_full68 is not None else flame_out.landmarks
+    @property
+    def flame(self):
+        """The FLAME layer of :attr:`face`."""
+        return self.face.flame
 
     @property
     def faces(self) -> np.ndarray:
-        return self.flame.faces
+        return self.face.faces
 
     def encode(self, images: paddle.Tensor) -> Dict[str, paddle.Tensor]:
         """images (N, 3, S, S) in [0, 1] -> codes dict (shape (N, n_shape), ..., light (N, 9, 3))."""
         return self.encoder(images)
 
-    def mirror_signs(self) -> np.ndarray:
-        """Per shape coefficient, how it maps under a left-right mirror of the head (x -> -x):
-        +1 (mirror-symmetric direction), -1 (antisymmetric) or 0 (neither, or the template is not
-        symmetric); see :mod:`ppface3d.flame.mirror`."""
-        if self._mirror is None:
-            from ..flame.mirror import mirror_maps
-
-            self._mirror = mirror_maps(self.flame).shape_sign
-        return self._mirror
-
     @paddle.no_grad()
     def encode_test(self, images: paddle.Tensor) -> Dict[str, paddle.Tensor]:
         """Codes for evaluation and inference: :meth:`encode`, and with ``test_flip`` the shape
-        code averaged with the one read from the mirrored image (mapped back by
-        :meth:`mirror_signs`; coefficients without a mirror symmetry keep the direct reading)."""
+        code averaged with the one read from the mirrored image (mapped back by the face model's
+        mirror signs; coefficients without a mirror symmetry keep the direct reading)."""
         codes = self.encode(images)
         if self.test_flip:
-            sign = paddle.to_tensor(self.mirror_signs())
+            sign = paddle.to_tensor(self.face.mirror().shape_sign)
             mirrored = self.encode(images.flip([3]))["shape"] * sign
             codes["shape"] = paddle.where(sign != 0, (codes["shape"] + mirrored) * 0.5, codes["shape"])
         return codes
 
+    @paddle.no_grad()
+    def reconstruct(self, images: paddle.Tensor) -> Dict[str, paddle.Tensor]:
+        """Inference: face crops (N, 3, H, W) float [0, 1] (resized to ``image_size``) -> float
+        tensors: the codes (:meth:`encode_test`) under 'codes', the decoded geometry
+        ('vertices', 'landmarks2d', ...), and renders 'textured' / 'shape' (N, 3, S, S) in [0, 1]
+        with 'alpha' (N, 1, S, S). (What is written to disk goes through ``ppengine.io``.)"""
+        import paddle.nn.functional as F
+
+        if images.ndim != 4 or images.shape[1] != 3:
+            from ppengine.errors import InputError
+
+            raise InputError(f"DECA.reconstruct: images must be (N, 3, H, W), got {list(images.shape)}")
+        if images.shape[-2:] != [self.image_size, self.image_size]:
+            images = F.interpolate(images, size=[self.image_size, self.image_size], mode="area")
+        codes = self.encode_test(images)
+        out = self.decode(codes, render=True)
+        out.update(codes=codes, textured=out.pop("image"), shape=self.face.render(out, mode="shape")["images"])
+        return out
+
     def decode(self, codes: Dict[str, paddle.Tensor], render: bool = True,
                background: Optional[paddle.Tensor] = None, vertices: bool = True) -> Dict[str, paddle.Tensor]:
-        """FLAME + camera (+ albedo and rendering) from codes.
+        """FLAME + camera (+ albedo and rendering) from codes (see :meth:`FaceModel.decode`).
 
-        Returns 'vertices' (N, V, 3) world, 'landmarks3d' (N, 68, 3) world, 'landmarks2d'
-        (N, 68, 2) screen NDC, 'transformed_vertices' (N, V, 3) screen NDC (``vertices=False``
-        without ``render``: landmarks only, from FLAME's landmark vertices); when ``render``:
-        'image' (N, 3, S, S) shaded albedo over ``background`` (default black), 'alpha'
-        (N, 1, S, S), 'albedo' (N, 3, T, T) UV albedo, 'shape_image' (N, 3, S, S) grey shading,
-        'normal_images'.
+        Returns 'vertices', 'landmarks3d', 'landmarks2d', 'transformed_vertices' (``vertices=False``
+        without ``render``: landmarks only); when ``render``: 'image' (N, 3, S, S) shaded albedo
+        over ``background`` (default black), 'alpha' (N, 1, S, S), 'albedo' (N, 3, T, T) UV
+        albedo, 'normal_images', 'albedo_images'.
         """
-        from ..render import OrthographicCamera
-
-        pose = codes["pose"]
-        fo = self.flame(shape=codes["shape"], expression=codes["exp"], global_pose=pose[:, :3],
-                        jaw_pose=pose[:, 3:6], landmarks_only=not (vertices or render))
-        cam = OrthographicCamera(codes["cam"])
-        lmk3d = fo.landmarks
-        out = {"landmarks3d": lmk3d, "landmarks2d": cam.project(lmk3d)}
-        if fo.vertices is not None:
-            out.update(vertices=fo.vertices, transformed_vertices=cam.transform(fo.vertices))
+        out = self.face.decode(codes, vertices=vertices or render)
         if render:
-            albedo = self.albedo(codes["tex"])
-            r = self.renderer(fo.vertices, cam, albedos=albedo, lights=codes["light"], background=background)
+            albedo = self.face.albedo_map(codes["tex"])
+            r = self.face.render(out, light=codes["light"], albedo=albedo, background=background)
             out.update(image=r["images"], alpha=r["alpha_images"], albedo=albedo,
                        normal_images=r["normal_images"], albedo_images=r["albedo_images"])
         return out
-
-    def shape_images(self, codes, vertices=None) -> paddle.Tensor:
-        """Grey, lit renders of the geometry (N, 3, S, S) (DECA's 'shape_images')."""
-        from ..render import OrthographicCamera
-
-        if vertices is None:
-            pose = codes["pose"]
-            vertices = self.flame(shape=codes["shape"], expression=codes["exp"], global_pose=pose[:, :3],
-                                  jaw_pose=pose[:, 3:6]).vertices
-        N = vertices.shape[0]
-        light = np.zeros((9, 3), np.float32)
-        light[:] = sh_ambient(0.75)
-        light[3] = 0.45  # frontal (z) light
-        light[2] = 0.25  # from above
-        lights = paddle.to_tensor(np.tile(light[None], (N, 1, 1)))
-        r = self.renderer(vertices, OrthographicCamera(codes["cam"]), lights=lights,
-                          vertex_colors=paddle.full([N, vertices.shape[1], 3], 0.8))
-        return r["images"]
 
     # ------------------------------------------------------------------ engine contract
     @staticmethod
@@ -255,11 +206,11 @@ class DECA(nn.Layer):
     def losses(self, batch: Dict, outputs: Dict) -> Dict[str, paddle.Tensor]:
         target = self._targets(batch, outputs.get("doubled", False))
         pred = {"landmarks2d": outputs["landmarks2d"]}
-        if self.loss_fn.w["shape_vertex"] > 0 and "gt_verts_neutral" in target:
-            pred["verts_neutral"] = self.flame(shape=outputs["codes"]["shape"]).vertices
+        if self.loss_fn.wants("verts_neutral") and "gt_verts_neutral" in target:
+            pred["verts_neutral"] = self.face.neutral(outputs["codes"]["shape"])["vertices"]
         if "image" in outputs:
             pred["image"] = outputs["image"]
-            if self.loss_fn.use_identity:
+            if self.loss_fn.wants("identity_image"):
                 # DECA: rendered face pasted over the photo, shape-only gradient
                 a = outputs["alpha"]
                 pred["identity_image"] = outputs["image"] * a + target["image"] * (1 - a)
@@ -275,10 +226,10 @@ class DECA(nn.Layer):
             images = images.unsqueeze(1)
         codes = self.encode_test(self._flat(images))
         out = self.decode(codes, render=False)
-        neutral = self.flame(shape=codes["shape"])
-        mean = self.flame(shape=paddle.zeros([1, self.code_sizes["shape"]]))
-        out.update(codes=codes, verts_neutral=neutral.vertices, lmk3d_neutral=self._lmk68(neutral),
-                   verts_mean=mean.vertices[0], lmk3d_mean=self._lmk68(mean)[0], faces=self.flame.faces)
+        neutral = self.face.neutral(codes["shape"])
+        mean = self.face.neutral(paddle.zeros([1, self.code_sizes["shape"]]))
+        out.update(codes=codes, verts_neutral=neutral["vertices"], lmk3d_neutral=neutral["landmarks68"],
+                   verts_mean=mean["vertices"][0], lmk3d_mean=mean["landmarks68"][0], faces=self.face.faces)
         if was:
             self.train()
         return out
@@ -292,7 +243,7 @@ class DECA(nn.Layer):
         x = self._flat(images)[:4]
         codes = {k: v[:4] for k, v in outputs["codes"].items()}
         dec = self.decode(codes, render=True, background=x)
-        shp = self.shape_images(codes, dec["vertices"])
+        shp = self.face.render(dec, mode="shape")["images"]
         lm_gt = self._flat(batch["landmark"])[:4].numpy() if "landmark" in batch else None
         rows = []
         for i in range(x.shape[0]):
@@ -303,17 +254,3 @@ class DECA(nn.Layer):
                                         shp[i].numpy().transpose(1, 2, 0)], 1))
         grid = np.concatenate(rows, 0)
         return {"deca": (np.clip(grid, 0, 1) * 255).astype(np.uint8)}
-
-
-def draw_landmarks(image: np.ndarray, lmk_ndc: np.ndarray, color=(1.0, 0.1, 0.1), lmk2=None, color2=(0.1, 1.0, 0.1)):
-    """Draw (68, 2) NDC landmarks (and optionally a second set) on a copy of an (S, S, 3) float image."""
-    out = np.array(image, dtype=np.float32, copy=True)
-    S = out.shape[0]
-    for pts, col in ((lmk2, color2), (lmk_ndc, color)):
-        if pts is None:
-            continue
-        px = (np.asarray(pts)[:, :2] + 1.0) * S / 2.0 - 0.5
-        r = max(1, S // 224)
-        for x, y in np.round(px).astype(int):
-            out[max(0, y - r):max(0, y + r + 1), max(0, x - r):max(0, x + r + 1)] = col
-    return out

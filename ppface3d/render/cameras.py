@@ -20,10 +20,26 @@ def _as_tensor(x, dtype="float32"):
     return paddle.to_tensor(np.asarray(x, dtype=dtype))
 
 
-def ndc_to_pixels(points: paddle.Tensor, image_size) -> paddle.Tensor:
-    """Screen NDC (..., 2+) -> pixel coordinates (..., 2) with (0, 0) the top-left pixel's centre."""
-    H, W = (image_size, image_size) if isinstance(image_size, int) else image_size
-    return paddle.stack([(points[..., 0] + 1.0) * (W / 2.0) - 0.5, (points[..., 1] + 1.0) * (H / 2.0) - 0.5], axis=-1)
+def _size_hw(image_size):
+    return (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
+
+
+def ndc_to_pixels(points, image_size):
+    """Screen NDC (..., 2+) -> pixel coordinates (..., 2) with (0, 0) the top-left pixel's centre.
+
+    ``image_size``: S or (H, W). Works on paddle Tensors and NumPy arrays (returns the same kind).
+    """
+    H, W = _size_hw(image_size)
+    stack = paddle.stack if isinstance(points, paddle.Tensor) else np.stack
+    return stack([(points[..., 0] + 1.0) * (W / 2.0) - 0.5, (points[..., 1] + 1.0) * (H / 2.0) - 0.5], axis=-1)
+
+
+def pixels_to_ndc(points, image_size):
+    """Pixel coordinates (..., 2+) ((0, 0) = top-left pixel's centre) -> screen NDC (..., 2);
+    the inverse of :func:`ndc_to_pixels`. Tensors or NumPy arrays."""
+    H, W = _size_hw(image_size)
+    stack = paddle.stack if isinstance(points, paddle.Tensor) else np.stack
+    return stack([(points[..., 0] + 0.5) * (2.0 / W) - 1.0, (points[..., 1] + 0.5) * (2.0 / H) - 1.0], axis=-1)
 
 
 class OrthographicCamera:

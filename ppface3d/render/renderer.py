@@ -140,6 +140,7 @@ class Renderer(paddle.nn.Layer):
         landmarks: Optional[paddle.Tensor] = None,
         background: Optional[paddle.Tensor] = None,
         soft: bool = False,
+        normal_map: Optional[paddle.Tensor] = None,
     ) -> Dict[str, paddle.Tensor]:
         """Render.
 
@@ -153,6 +154,9 @@ class Renderer(paddle.nn.Layer):
             landmarks: (B, L, 3) world landmarks to project.
             background: (B, 3, H, W) image behind the mesh (default black).
             soft: composite with the soft silhouette (needs ``sigma``) instead of the hard mask.
+            normal_map: (B, 3, Ht, Wt) world-frame normals in UV space (e.g. DECA's detail
+                normals; needs ``uvcoords``): shading and ``normal_images`` use it, sampled at each
+                pixel's UV, instead of the interpolated vertex normals.
 
         Returns:
             dict with ``images`` (B, 3, H, W), ``alpha_images`` (B, 1, H, W), ``albedo_images``
@@ -170,15 +174,20 @@ class Renderer(paddle.nn.Layer):
         B, H, W = frags.pix_to_face.shape
         normals = vertex_normals(vertices, self.faces)
         be = self.rasterizer.backend
-        # interpolated unit vertex normals, not renormalised per pixel (as DECA)
-        normal_images = interpolate(frags, normals, self.faces, be).transpose([0, 3, 1, 2])
         out: Dict[str, paddle.Tensor] = {}
-        if albedos is not None:
+        uv = None
+        if albedos is not None or normal_map is not None:
             if self.face_uvcoords is None:
-                raise InputError("Renderer: a UV albedo texture needs uvcoords (and uvfaces) at construction")
+                raise InputError("Renderer: a UV albedo texture or normal map needs uvcoords (and uvfaces) at construction")
             uv = interpolate(frags, self.face_uvcoords, None, be)
-            albedo_images = sample_texture(albedos, uv)
             out["uv_images"] = uv
+        if normal_map is not None:
+            normal_images = sample_texture(normal_map, uv) * frags.mask.unsqueeze(1)
+        else:
+            # interpolated unit vertex normals, not renormalised per pixel (as DECA)
+            normal_images = interpolate(frags, normals, self.faces, be).transpose([0, 3, 1, 2])
+        if albedos is not None:
+            albedo_images = sample_texture(albedos, uv)
         else:
             if vertex_colors is None:
                 vertex_colors = paddle.full([B, vertices.shape[1], 3], 0.7, dtype=vertices.dtype)

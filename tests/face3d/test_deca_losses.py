@@ -177,11 +177,12 @@ def test_shape_error_matrix_matches_similarity_aligned_mesh_error():
     """e M e = mean squared face-region vertex distance (mm^2) after the best similarity
     alignment (Umeyama, scikit-image), for small shape-code errors e; the loss term uses it."""
     from ppengine.errors import ConfigError
-    from ppface3d.flame import FLAME
+    from ppface3d import FaceModel
     from ppface3d.losses import DECALoss
     from ppface3d.losses.metrics import shape_error_matrix, similarity_align, transform_points
 
-    flame = FLAME(n_shape=10, n_expression=5)
+    face_model = FaceModel(n_shape=10, n_exp=5, n_tex=2, image_size=16, uv_size=8)
+    flame = face_model.flame
     M = shape_error_matrix(flame, 10)
     assert M.shape == (10, 10) and np.allclose(M, M.T, atol=1e-6) and np.linalg.eigvalsh(M).min() > -1e-6
     with paddle.no_grad():
@@ -205,6 +206,7 @@ def test_shape_error_matrix_matches_similarity_aligned_mesh_error():
     pred = {"landmarks2d": paddle.zeros([4, 68, 2])}
     with pytest.raises(ConfigError, match="shape error matrix"):
         loss(codes, pred, target)
-    loss.set_shape_metric(M)
+    loss.setup(face_model)  # the model's build-time call: the loss takes the matrix from the face model
+    assert np.allclose(loss.shape_metric_matrix.numpy(), M, atol=1e-6)
     want = 2.0 * np.mean([e @ M @ e for e in E])
     assert float(loss(codes, pred, target)["shape_metric"]) == pytest.approx(want, rel=1e-4)

@@ -32,7 +32,7 @@ def test_synthetic_faces_ground_truth_and_determinism(synth):
     # the two images of a subject differ (pose, expression, light, background) ...
     assert np.abs(s["image"][0] - s["image"][1]).mean() > 0.02
     # ... and the landmarks are the projection of the posed FLAME landmarks through the GT camera
-    flame = synth._parts()[0]
+    flame = synth.face.flame
     t = paddle.to_tensor
     fo = flame(shape=t(np.tile(s["shape"][None], (2, 1))), expression=t(s["exp"]),
                global_pose=t(s["pose"][:, :3]), jaw_pose=t(s["pose"][:, 3:]))
@@ -124,14 +124,14 @@ def test_synthetic_flip_mirrors_images_and_labels():
     np.testing.assert_array_equal(m["image"], plain["image"][..., ::-1])
     np.testing.assert_array_equal(m["exp_mask"][0], maps.exp_sign != 0)
     t = paddle.to_tensor
-    flame = ds._parts()[0]
+    flame = ds.face.flame
     fo = flame(shape=t(np.tile(m["shape"][None], (2, 1))), expression=t(m["exp"]),
                global_pose=t(m["pose"][:, :3]), jaw_pose=t(m["pose"][:, 3:]))
     proj = OrthographicCamera(t(m["cam"])).project(fo.landmarks).numpy()
     ok = m["landmark"][0, :, 2] > 0
     assert ok.sum() >= 60 and not ok[8]  # the generated model's chin point is off the midline
     np.testing.assert_allclose(proj[:, ok], m["landmark"][:, ok, :2], atol=2e-3)
-    r = ds._parts()[2](fo.vertices, OrthographicCamera(t(m["cam"])))
+    r = ds.face.renderer(fo.vertices, OrthographicCamera(t(m["cam"])))
     sil = r["alpha_images"].numpy()[:, 0] > 0.5
     iou = (sil & (m["mask"] > 0)).sum() / (sil | (m["mask"] > 0)).sum()
     assert iou > 0.97, iou
@@ -235,7 +235,7 @@ def test_geometry_term_trains_the_dense_head():
 
 
 def test_albedo_files(tmp_path):
-    from ppface3d.models.albedo import AlbedoModel
+    from ppface3d.flame.albedo import AlbedoModel
 
     rng = np.random.default_rng(0)
     mean = rng.uniform(0, 255, (16, 16, 3))
@@ -320,7 +320,7 @@ def test_encoder_width_and_pool_options():
 
 def test_shape_diagnose_landmarks_match_the_dataset():
     """The landmark-bound diagnostic recomputes exactly the dataset's ground-truth landmarks."""
-    from ppface3d.apps.shape_diagnose import landmark_sets, normalise
+    from tools.diagnostics.shape_diagnose import landmark_sets, normalise
     from ppface3d.data import SyntheticFaces
 
     ds = SyntheticFaces(split="test", num_subjects=2, K=2, image_size=32, n_shape=20, n_exp=10, n_tex=10,
@@ -336,9 +336,9 @@ def test_shape_diagnose_landmarks_match_the_dataset():
     assert not np.allclose(normalise(L[:1]), normalise(L[1:2]))
 
 
-def test_test_flip_is_mirror_equivariant_on_the_shape_code(synth):
+def test_test_flip_is_mirror_equivariant_on_the_shape_code(synth, monkeypatch):
     """``test_flip``: the shape code read from a mirrored image is the mirrored shape code, where
-    ``mirror_signs`` says how each coefficient mirrors (checked on FLAME meshes, not on the basis)."""
+    the face model's mirror signs say how each coefficient mirrors (checked on FLAME meshes, not on the basis)."""
     from scipy.spatial import cKDTree
 
     from ppengine.data import collate
@@ -347,7 +347,7 @@ def test_test_flip_is_mirror_equivariant_on_the_shape_code(synth):
     paddle.seed(3)
     model = DECA(n_shape=20, n_exp=10, n_tex=10, image_size=S, encoder_depth=18, encoder_width=16,
                  test_flip=True)
-    sign = model.mirror_signs()
+    sign = model.face.mirror().shape_sign
     assert set(np.unique(sign).tolist()) <= {-1.0, 0.0, 1.0} and (sign != 0).sum() >= 10
     # meaning of the signs: mirroring the mesh of shape s gives the mesh of sign * s
     vt = model.flame.v_template.numpy()
@@ -361,7 +361,10 @@ def test_test_flip_is_mirror_equivariant_on_the_shape_code(synth):
     x = collate([synth[0], synth[1]])["image"].reshape([-1, 3, S, S])
     sign = sign.copy()
     sign[:2] = 0  # as if the first two coefficients had no mirror symmetry (real FLAME may have such)
-    model._mirror = sign
+    import dataclasses
+
+    maps = dataclasses.replace(model.face.mirror(), shape_sign=sign)
+    monkeypatch.setattr(model.face, "mirror", lambda: maps)
     sym = sign != 0
     a = model.encode_test(x)["shape"].numpy()
     b = model.encode_test(x.flip([3]))["shape"].numpy()

@@ -23,15 +23,15 @@ def test_fit_recovers_landmarks_and_appearance(target):
     from ppface3d.render import OrthographicCamera
 
     face, s, ds = target
-    flame, albedo = ds._parts()[:2]
-    fitter = FaceFitter(n_shape=20, n_exp=10, n_tex=10, image_size=64, landmark_iters=80, photo_iters=25,
-                        lr=0.03, progress=False, parts=(flame, albedo))
+    flame = ds.face.flame
+    fitter = FaceFitter(ds.face, image_size=64, landmark_iters=80, photo_iters=25, lr=0.03, progress=False)
+    assert fitter.face.flame is flame  # the data's face model, shared
     codes = fitter.fit(face)
     out = fitter.render(codes)
     lm_fit = (out["landmarks2d"].numpy()[0] + 1.0) * 32 - 0.5
     err = np.linalg.norm(lm_fit - face["landmarks"], axis=1).mean()
     # the mean face under the framing camera (the fit's starting point)
-    from ppface3d.models.deca import framing_camera
+    from ppface3d import framing_camera
 
     mean = flame(shape=paddle.zeros([1, 20]))
     cam0 = framing_camera(mean.landmarks.numpy()[0])
@@ -46,7 +46,7 @@ def test_fit_recovers_landmarks_and_appearance(target):
     err_photo = np.abs(rendered - face["image"])[mask].mean()
     c2 = dict(codes)
     c2["tex"] = np.zeros_like(codes["tex"])
-    from ppface3d.models.deca import sh_ambient
+    from ppface3d import sh_ambient
 
     c2["light"] = sh_ambient(1.0)[None]
     base = fitter.render(c2)["image"].numpy()[0].transpose(1, 2, 0)

@@ -97,10 +97,13 @@ def test_weights_mode_errors(tmp_path):
     from ppengine.errors import InputError
     from ppface3d.apps.reconstruct import FaceReconstructor
 
-    with pytest.raises(InputError, match="needs the config"):
+    with pytest.raises(InputError, match="not found"):
         FaceReconstructor(weights=str(tmp_path / "w.safetensors"))
     with pytest.raises(InputError, match="not found"):
         FaceReconstructor(config="configs/deca.yml", weights=str(tmp_path / "w.safetensors"))
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    with pytest.raises(InputError, match="config.yml"):  # a bare weights file: its config is needed
+        FaceReconstructor(weights=str(tmp_path / "w.safetensors"))
 
 
 def test_infer_with_trained_weights(photos, tmp_path):
@@ -122,3 +125,14 @@ def test_infer_with_trained_weights(photos, tmp_path):
     codes = np.load(tmp_path / "out" / "astro" / "codes.npz")
     assert codes["shape"].shape == (1, 10) and codes["exp"].shape == (1, 5)
     assert (tmp_path / "out" / "astro" / "overlay.png").is_file()
+    # a run folder as the trainer writes it (config.yml + final.safetensors) loads with no -c
+    run = tmp_path / "run"
+    run.mkdir()
+    load_config(str(cfg_path)).save(str(run / "config.yml"))
+    save_weights(str(run / "final.safetensors"), model)
+    rc = main(["--image", str(photos / "astro.jpg"), "--output", str(tmp_path / "out2"), "--weights", str(run),
+               "--no-progress"])
+    assert rc == 0
+    again = np.load(tmp_path / "out2" / "astro" / "codes.npz")
+    for k in ("shape", "exp", "pose", "cam", "light"):
+        np.testing.assert_allclose(again[k], codes[k], rtol=1e-5, atol=1e-6)
