@@ -1,6 +1,11 @@
 """ppengine: the training engine shared by ppface3d and ppldm (config, registry, trainer,
 checkpoints, logging, data-parallel launch). It knows nothing of faces or diffusion."""
-from . import optim  # noqa: F401  (registers optimizers and LR schedules)
+from .quiet import importing_paddle as _importing_paddle
+
+with _importing_paddle():  # paddle's import-time notices (OMP_NUM_THREADS, ccache) are not ours
+    import paddle  # noqa: F401,E402
+
+from . import optim  # noqa: F401,E402  (registers optimizers and LR schedules)
 from .config import Config, load_config
 from .errors import CheckpointError, ConfigError, InputError, PPError, TrainingDiverged
 from .registry import CALLBACKS, DATASETS, LOSSES, LR_SCHEDULERS, METRICS, MODELS, OPTIMIZERS

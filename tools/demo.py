@@ -12,6 +12,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ppengine.quiet import quiet  # noqa: E402
+
+quiet()  # third-party chatter off (unless --verbose), before the heavy imports
 
 
 def main(argv=None):

@@ -6,6 +6,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ppengine.quiet import quiet  # noqa: E402
+
+quiet()  # third-party chatter off (unless --verbose), before the heavy imports
 
 USAGE = "usage: python tools/infer.py {face3d|ldm} [options]   (add --help after the task for its options)"
 

@@ -3,6 +3,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ppengine.quiet import quiet  # noqa: E402
+
+quiet()  # third-party chatter off (unless --verbose), before the heavy imports
 
 import ppengine.toy  # noqa: E402,F401  (registers the engine's toy model: configs/toy.yml)
 import ppface3d  # noqa: E402,F401  (registers face models, datasets, metrics)

@@ -30,6 +30,7 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 
 from ppengine.errors import InputError
+from ppengine.quiet import native_stderr_filtered
 
 from .io import load_image
 
@@ -349,7 +350,9 @@ class FacePreprocessor:
                 image = to_rgb_uint8(source, notes)
             result.messages.extend(notes)
             result.original = image
-            for lm, box, score in self.landmarks68(image, result.messages):
+            with native_stderr_filtered():  # mediapipe's TF Lite / absl lines (model load, first runs)
+                found = self.landmarks68(image, result.messages)
+            for lm, box, score in found:
                 result.faces.append(self.crop(image, lm, box, score))
         except InputError as e:
             result.messages.append(str(e).replace(f"{label}: ", ""))
