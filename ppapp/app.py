@@ -73,7 +73,11 @@ def build_app(args, work: str):
                                        fit_size=args.fit_size, fit_iters=tuple(args.fit_iters),
                                        max_faces=args.max_faces))
     example = write_example(work)
-    with gr.Blocks(title="ppdigitalhuman", analytics_enabled=False,
+    # system fonts: the default theme would fetch Google Fonts (offline here, and a visitor's
+    # browser should not call out either)
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
+    with gr.Blocks(title="ppdigitalhuman", analytics_enabled=False, theme=theme,
                    delete_cache=(600, int(args.session_ttl))) as demo:
         gr.Markdown("# ppdigitalhuman: 3D faces (FLAME / DECA) and latent diffusion on PaddlePaddle")
         # the visitor's folder; deleted when the visitor leaves (or by the TTL sweep)

@@ -52,6 +52,7 @@ CHATTER = [re.compile(p) for p in (
     r"^[IW]\d{4} [\d:. ]+\d+ \S+\.cc:\d+\] ",   # glog/absl INFO and WARNING lines (not E/F)
     r"^WARNING: OMP_NUM_THREADS set to \d+, not 1\.",
     r"^PLEASE USE OMP_NUM_THREADS WISELY\.",
+    r" - INFO - using custom operator only$",   # paddle's cpp_extension logger
 )]
 
 # Python warnings from dependencies that are not actionable by the user.
@@ -96,7 +97,7 @@ def quiet(verbose: Optional[bool] = None, argv: Optional[List[str]] = None) -> b
     for k, v in ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
     _filter_warnings()
-    for name in ("httpx", "httpcore", "urllib3"):
+    for name in ("httpx", "httpcore", "urllib3", "utils.cpp_extension"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         import absl.logging  # light; mediapipe uses it
