@@ -84,7 +84,7 @@ class Config(dict):
 
     def save(self, path: str):
         """Write the resolved config (atomically)."""
-        from .checkpoint import atomic_write_text
+        from .io import atomic_write_text
 
         atomic_write_text(path, self.to_yaml())
 

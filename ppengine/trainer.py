@@ -21,11 +21,12 @@ import numpy as np
 import paddle
 
 from . import distributed as dist
-from .checkpoint import (CheckpointManager, atomic_write_json, load_weights, optimizer_state, resolve_resume,
-                         restore_optimizer, save_tensors)
+from .checkpoint import (CheckpointManager, load_weights, optimizer_state, resolve_resume, restore_optimizer,
+                         save_tensors)
 from .config import Config, check_keys
 from .data import DataStream, eval_loader
 from .errors import ConfigError, TrainingDiverged
+from .io import atomic_write_json
 from .logging import RunLogger, progress
 from .registry import CALLBACKS, DATASETS, LR_SCHEDULERS, METRICS, MODELS, OPTIMIZERS, check_kwargs
 
