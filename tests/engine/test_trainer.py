@@ -210,6 +210,29 @@ def test_two_optimizers_through_train_step(toy_cfg):
     assert set(t.optimizers) == {"first", "second"}
 
 
+def test_named_optimizers_without_train_step_all_step(toy_cfg):
+    """Several named optimizers and no train_step: each steps its own group after one backward
+    (it used to be only the first, silently); the result equals one optimizer over all parameters."""
+    common = ["model.dropout=0.0", "train.max_iters=4", "train.eval_interval=0", "train.save_interval=0",
+              "lr_scheduler={type: Constant}"]
+    one = Trainer(toy_cfg("model.type=ToyGrouped", "optimizer={type: SGD, lr: 0.1}", *common))
+    one.train()
+    two = Trainer(toy_cfg("model.type=ToyGrouped", *common, "train.output=" + one.output + "_two",
+                          "optimizer={a: {type: SGD, lr: 0.1, params: first}, b: {type: SGD, lr: 0.1, params: second}}"))
+    w0 = {k: v.numpy().copy() for k, v in two.model.state_dict().items()}
+    two.train()
+    for k, v in two.model.state_dict().items():
+        assert np.abs(v.numpy() - w0[k]).max() > 1e-6, f"{k} never stepped"
+        np.testing.assert_allclose(v.numpy(), one.model.state_dict()[k].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_named_optimizers_sharing_parameters_refused(toy_cfg):
+    from ppengine import ConfigError
+    cfg = toy_cfg("model.type=ToyGrouped", "optimizer={a: {type: SGD, lr: 0.1, params: all}, b: {type: SGD, lr: 0.1, params: second}}")
+    with pytest.raises(ConfigError, match="optimizer.a and optimizer.b share parameters.*train_step"):
+        Trainer(cfg).train()
+
+
 def test_bad_param_group_named(toy_cfg):
     from ppengine import ConfigError
     cfg = toy_cfg("model.type=ToyTwoOptim", "optimizer={a: {type: Adam, lr: 0.01, params: frist}}")
