@@ -215,6 +215,12 @@ class CheckpointManager:
                 out.append((int(m.group(1)), os.path.join(self.root, d)))
         return [p for _, p in sorted(out)]
 
+    @staticmethod
+    def is_checkpoint(path: str) -> bool:
+        """Is ``path`` a complete ``ckpt_XXXXXXXX`` folder?"""
+        return bool(CKPT_RE.match(os.path.basename(os.path.normpath(path)))) and os.path.isfile(
+            os.path.join(path, "state.json"))
+
     def latest(self) -> Optional[str]:
         ckpts = self.list()
         return ckpts[-1] if ckpts else None

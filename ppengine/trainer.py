@@ -129,6 +129,7 @@ class Trainer:
         self.tc = {**TRAIN_DEFAULTS, **tcfg}
         if output:
             self.tc["output"] = output
+            self.cfg["train"] = {**(self.cfg.get("train") or {}), "output": output}
         self.output = self.tc["output"]
         self.world_size, self.rank = dist.init()
         self.is_main = self.rank == 0
@@ -339,7 +340,7 @@ class Trainer:
         tc = self.tc
         os.makedirs(self.output, exist_ok=True)
         self.logger = RunLogger(self.output, enabled=self.is_main)
-        if self.is_main:
+        if self.is_main:  # the resolved config, beside the weights: what load_for_inference rebuilds from
             self.cfg.save(os.path.join(self.output, "config.yml"))
         self.ckpts = CheckpointManager(self.output, tc["keep_last"])
         train_set = build_dataset(self.cfg, "train")
