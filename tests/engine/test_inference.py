@@ -68,5 +68,5 @@ def test_missing_config_or_weights_are_clear_errors(toy_cfg, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no weights there"):
         load_for_inference(str(tmp_path / "empty"))
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError, match="not found"):
         load_for_inference(str(tmp_path / "nope"))
