@@ -29,7 +29,7 @@ def find_run_files(path: str) -> Tuple[str, Optional[str]]:
     checkpoint's ``ckpt_*/model.safetensors``, the run folder's).
     """
     if not os.path.exists(path):
-        raise InputError(f"{path!r} does not exist: give a run folder (e.g. output/ldm/class2img_digits) or a "
+        raise InputError(f"{path!r} not found: give a run folder (e.g. output/ldm/class2img_digits) or a "
                          f"weights file written by training")
     if os.path.isdir(path):
         run = path
