@@ -24,8 +24,14 @@ import numpy as np
 import paddle
 
 from . import distributed as dist
-from .checkpoint import (CheckpointManager, load_weights, optimizer_state, resolve_resume, restore_optimizer,
-                         save_tensors)
+from .checkpoint import (
+    CheckpointManager,
+    load_weights,
+    optimizer_state,
+    resolve_resume,
+    restore_optimizer,
+    save_tensors,
+)
 from .config import Config, check_keys
 from .data import DataStream, eval_loader
 from .errors import ConfigError, TrainingDiverged

@@ -8,8 +8,16 @@ import paddle
 import pytest
 from PIL import Image
 
-from ppengine.io import (atomic_dir, atomic_path, atomic_save, atomic_write_bytes, atomic_write_json, image_grid,
-                         save_png, to_uint8)
+from ppengine.io import (
+    atomic_dir,
+    atomic_path,
+    atomic_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    image_grid,
+    save_png,
+    to_uint8,
+)
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Trainer behaviour on the toy model: schedules, clipping, accumulation, EMA, eval/best,
 NaN guard, callbacks, multi-optimizer train_step, exact resume, logging."""
 import json
-import math
 import os
 
 import numpy as np

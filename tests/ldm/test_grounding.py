@@ -10,8 +10,13 @@ from ppengine.errors import ConfigError, InputError
 from ppldm.conditioners.text import WordPieceTokenizer
 from ppldm.data.shapes import COLORS, ShapesWorld
 from ppldm.metrics.shapes import parse_caption
-from ppldm.models.grounding import (cross_attentions, grounding_loss, grounding_pixel_loss, keep_cross_attention,
-                                    phrase_token_mask)
+from ppldm.models.grounding import (
+    cross_attentions,
+    grounding_loss,
+    grounding_pixel_loss,
+    keep_cross_attention,
+    phrase_token_mask,
+)
 from ppldm.models.ldm import LatentDiffusion
 
 

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import paddle
 import pytest
+from random_weights import randomize
 
 from ppengine.errors import InputError
-from random_weights import randomize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

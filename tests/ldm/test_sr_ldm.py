@@ -84,10 +84,11 @@ def test_residual_needs_lowres():
 def test_sr_diagnose_runs(tmp_path, capsys):
     import os
 
+    from diagnostics_loader import load_tool
+
     from ppengine import load_config
     from ppengine.checkpoint import save_weights
     from ppengine.trainer import build_model
-    from diagnostics_loader import load_tool
 
     main = load_tool("sr_diagnose").main
 
