@@ -229,10 +229,10 @@ class CheckpointManager:
         """``files``: file stem -> tensors. Written into a temp folder, then renamed into place."""
         os.makedirs(self.root, exist_ok=True)
         for d in os.listdir(self.root):  # leftovers of a killed write
-            if d.startswith(".tmp_ckpt_") or (d.startswith(".ckpt_") and ".tmp" in d):
+            if d.startswith(".tmp_ckpt_"):
                 shutil.rmtree(os.path.join(self.root, d), ignore_errors=True)
         final = os.path.join(self.root, f"ckpt_{step:08d}")
-        with atomic_dir(final) as tmp:
+        with atomic_dir(final, prefix=f".tmp_ckpt_{step:08d}_") as tmp:
             for stem, tensors in files.items():
                 save_tensors(os.path.join(tmp, f"{stem}.safetensors"), tensors)
             atomic_write_json(os.path.join(tmp, "state.json"), state)

@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import uuid
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -75,21 +75,23 @@ def atomic_path(path: str) -> Iterator[str]:
     _fsync_dir(folder)
 
 
-def make_temp_dir(path: str) -> str:
+def make_temp_dir(path: str, prefix: Optional[str] = None) -> str:
     """Create and return an empty hidden folder beside ``path`` with the umask's usual mode (0755
-    under umask 022, not ``tempfile.mkdtemp``'s 0700), to be renamed to ``path`` when complete."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = _temp_name(path)
+    under umask 022, not ``tempfile.mkdtemp``'s 0700), to be renamed to ``path`` when complete.
+    ``prefix``: its name starts so (plus a random part); default ``.<name>.<random>.tmp``."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, prefix + uuid.uuid4().hex[:12]) if prefix else _temp_name(path)
     os.mkdir(tmp, 0o777)  # the umask applies
     return tmp
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str) -> Iterator[str]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (an existing
-    folder there is removed first). On failure the temporary folder is removed."""
+def atomic_dir(path: str, prefix: Optional[str] = None) -> Iterator[str]:
+    """Yield a temporary folder beside ``path`` (see :func:`make_temp_dir`); on success it
+    replaces ``path`` (an existing folder there is removed first). On failure it is removed."""
     parent = os.path.dirname(os.path.abspath(path))
-    tmp = make_temp_dir(path)
+    tmp = make_temp_dir(path, prefix)
     try:
         yield tmp
         if os.path.isdir(path):
