@@ -1,7 +1,7 @@
 """Stable Diffusion 2.x as a ppldm model: ppldm UNet + AutoencoderKL + a CLIP text encoder.
 
     sd = StableDiffusion(folder="stable-diffusion-2-1")           # a diffusers pipeline folder
-    images = sd.generate("a photo of an astronaut", steps=30, sampler="dpm_solver++", seed=0)
+    images = sd.generate("a photo of an astronaut", steps=30, sampler="dpm_solver++", seed=0)  # (B, 3, H, W) in [0, 1]
 
 The UNet and VAE are ppldm models loaded with :func:`load_unet` / :func:`load_autoencoder`;
 the text encoder is ppdiffusers' ``CLIPTextModel`` (a paddlenlp ``PretrainedModel`` with
@@ -18,11 +18,10 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Sequence, Union
 
-import numpy as np
 import paddle
 import paddle.nn as nn
 
-from ppengine.errors import InputError
+from ppengine.errors import ConfigError, InputError
 from ppengine.registry import MODELS
 
 from ..diffusion import GaussianDiffusion, drop_condition, sample
@@ -74,6 +73,9 @@ class StableDiffusion(nn.Layer):
         cond_drop_prob: probability of training with the empty prompt (classifier-free guidance).
         max_length: tokens per prompt (77).
         train_text_encoder: when False (default) the text encoder and VAE are frozen.
+        sampler: sampling defaults of :meth:`generate`: ``{type: ddim, steps: 50, guidance_scale: 7.5,
+            negative_prompt: ""}``.
+        sample_size: image side :meth:`generate` samples by default (768 for SD 2.1, 512 for 2.1-base).
 
     ``forward(batch)`` (fine-tuning the UNet): ``batch["image"]`` (B, 3, H, W) in [-1, 1] and
     ``batch["caption"]`` (B strings) or ``batch["context"]`` (B, 77, D) -> the diffusion loss.
@@ -81,8 +83,15 @@ class StableDiffusion(nn.Layer):
 
     def __init__(self, folder: Optional[str] = None, unet: Optional[Dict] = None, vae: Optional[Dict] = None,
                  diffusion: Optional[Dict] = None, attention_type: str = "standard", cond_drop_prob: float = 0.1,
-                 max_length: int = 77, train_text_encoder: bool = False):
+                 max_length: int = 77, train_text_encoder: bool = False, sampler: Optional[Dict] = None,
+                 sample_size: int = 768):
         super().__init__()
+        self.sampler_cfg = {"type": "ddim", "steps": 50, "guidance_scale": 7.5, "negative_prompt": ""}
+        unknown = set(sampler or {}) - set(self.sampler_cfg)
+        if unknown:
+            raise ConfigError(f"model.sampler: unknown key(s) {sorted(unknown)}; valid: {sorted(self.sampler_cfg)}")
+        self.sampler_cfg.update(sampler or {})
+        self.sample_size = int(sample_size)
         if folder is not None:
             if not os.path.isdir(folder):
                 raise InputError(f"StableDiffusion: folder {folder!r} does not exist. Give the path of a "
@@ -134,22 +143,29 @@ class StableDiffusion(nn.Layer):
 
     # ------------------------------------------------------------------ sampling
     @paddle.no_grad()
-    def generate(self, prompt: Union[str, List[str], None] = None, negative_prompt: Union[str, List[str]] = "",
+    def generate(self, prompt: Union[str, List[str], None] = None, negative_prompt: Union[str, List[str]] = None,
                  context: Optional[paddle.Tensor] = None, uncond_context: Optional[paddle.Tensor] = None,
-                 height: int = 768, width: int = 768, steps: int = 50, guidance_scale: float = 7.5,
-                 sampler: str = "ddim", seed: Optional[int] = None, latents: Optional[paddle.Tensor] = None,
-                 progress: bool = True, output: str = "uint8", **sampler_kwargs) -> np.ndarray:
-        """Sample images.
+                 height: int = None, width: int = None, steps: int = None, guidance_scale: float = None,
+                 sampler: str = None, seed: Optional[int] = None, latents: Optional[paddle.Tensor] = None,
+                 progress: bool = True, **sampler_kwargs) -> paddle.Tensor:
+        """Sample images: float32 (B, 3, H, W) in [0, 1] (write them with ``ppengine.io.to_uint8``).
 
         Args:
             prompt / negative_prompt: text (needs the text encoder), or ``context`` /
                 ``uncond_context`` embeddings (B, M, D) directly.
-            height, width: image size; height / 8 and width / 8 must be divisible by the UNet's
-                downsampling (8 for SD), i.e. multiples of 64.
-            steps, guidance_scale, sampler (ddim, plms, dpm_solver++, ddpm, ...), seed.
+            height, width: image size (default ``sample_size``); height / 8 and width / 8 must be
+                divisible by the UNet's downsampling (8 for SD), i.e. multiples of 64.
+            steps, guidance_scale, sampler (ddim, plms, dpm_solver++, ddpm, ...): default
+                ``model.sampler``; seed.
             latents: initial noise (B, 4, height/8, width/8) instead of drawing it from ``seed``.
-            output: ``uint8`` -> (B, H, W, 3) uint8; ``float`` -> (B, H, W, 3) float32 in [0, 1].
         """
+        sc = self.sampler_cfg
+        negative_prompt = sc["negative_prompt"] if negative_prompt is None else negative_prompt
+        height = self.sample_size if height is None else height
+        width = self.sample_size if width is None else width
+        steps = int(sc["steps"] if steps is None else steps)
+        guidance_scale = float(sc["guidance_scale"] if guidance_scale is None else guidance_scale)
+        sampler = sc["type"] if sampler is None else sampler
         if context is None:
             if prompt is None:
                 raise InputError("generate: give a prompt or a context")
@@ -169,6 +185,4 @@ class StableDiffusion(nn.Layer):
                    uncond={"context": uncond_context} if uncond_context is not None else None,
                    guidance_scale=guidance_scale, num_inference_steps=steps, seed=seed, latents=latents,
                    progress=progress)
-        img = (self.vae.decode(z / self.vae.scaling_factor) / 2 + 0.5).clip(0, 1)
-        img = img.transpose([0, 2, 3, 1]).numpy()
-        return img if output == "float" else (img * 255).round().astype("uint8")
+        return (self.vae.decode(z / self.vae.scaling_factor) / 2 + 0.5).clip(0, 1).astype("float32")
