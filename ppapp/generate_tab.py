@@ -116,7 +116,8 @@ def build(gr, sessions: Sessions, runs_root: str, state):
             return
         with gr.Row():
             with gr.Column(scale=1):
-                run = gr.Dropdown(runs, value=runs[0], label="Trained run", elem_id="gen-run")
+                run = gr.Dropdown([(os.path.basename(r), r) for r in runs], value=runs[0], label="Trained run",
+                                  elem_id="gen-run")
                 classes = gr.Textbox("0 1 2 3", label="Classes (class-conditional runs)", elem_id="gen-classes")
                 prompts = gr.Textbox("", label="Prompts, one per line (text-conditional runs)", lines=2)
                 num = gr.Slider(1, 16, value=4, step=1, label="Samples per condition")

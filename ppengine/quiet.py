@@ -59,6 +59,7 @@ CHATTER = [re.compile(p) for p in (
 WARNING_MESSAGES = (
     r"No ccache found",
     r"SymbolDatabase\.GetPrototype\(\) is deprecated",
+    r"Setuptools is replacing distutils",
 )
 
 _state = {"applied": False, "verbose": False}
@@ -97,7 +98,8 @@ def quiet(verbose: Optional[bool] = None, argv: Optional[List[str]] = None) -> b
     for k, v in ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
     _filter_warnings()
-    for name in ("httpx", "httpcore", "urllib3", "utils.cpp_extension"):
+    # request logs (gradio's httpx), paddle's extension loader, datasets' "PyTorch version ... available"
+    for name in ("httpx", "httpcore", "urllib3", "utils.cpp_extension", "datasets"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         import absl.logging  # light; mediapipe uses it

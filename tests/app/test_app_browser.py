@@ -36,14 +36,14 @@ def _status(url):
 
 
 @pytest.fixture()
-def app(tmp_path):
+def app(tmp_path, digits_runs):
     port = _free_port()
     work = tmp_path / "work"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     log = open(tmp_path / "app.log", "w")
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "app.py"), "--port", str(port),
                              "--fit-iters", "4", "2", "--fit-size", "32", "--workdir", str(work),
-                             "--runs", str(tmp_path / "no_runs")],
+                             "--runs", digits_runs],
                             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -123,10 +123,22 @@ def test_reconstruct_in_the_browser(app, tmp_path):
                                timeout=60_000)
         bad_status = page.input_value("#rec-status textarea")
         page.screenshot(path=str(tmp_path / "bad_upload.png"), full_page=True)
+        # Generate: digits from the trained run
+        page.get_by_role("tab", name="Generate 生成").click()
+        page.fill("#gen-classes textarea", "3 5")
+        page.click("#gen-run-button")
+        page.wait_for_function("document.querySelector('#gen-status textarea') && "
+                               "document.querySelector('#gen-status textarea').value.includes('samples')",
+                               timeout=120_000)
+        page.wait_for_function("(() => { const i = document.querySelector('#gen-grid img'); "
+                               "return i && i.complete && i.naturalWidth > 0; })()", timeout=30_000)
+        gen_status = page.input_value("#gen-status textarea")
+        page.screenshot(path=str(tmp_path / "generate.png"), full_page=True)
         browser.close()
     assert status == "astronaut.png: face 0 reconstructed"
     # (the file list keeps the astronaut: it is reconstructed again, the bad file gets its line)
     assert bad_status.splitlines()[-1].startswith("notes.png: 0 face(s); not an image file")
+    assert gen_status == "8 samples"  # 2 classes x 4 samples
     assert glbs and len(glbs[0]) > 1000 and glbs[0][:4] == b"glTF"
     assert os.path.getsize(tmp_path / "reconstruct.png") > 10_000
     assert _status(url + "/") == 200

@@ -105,3 +105,23 @@ def test_deca_choice_needs_weights(service):
     assert service.choices() == [FIT]
     with pytest.raises(InputError, match="--weights"):
         service.reconstructor("DECA (trained weights)")
+
+
+def test_generate_samples_a_trained_run(digits_runs, sessions):
+    import imageio.v3 as iio
+
+    from ppapp.generate_tab import find_runs, generate
+
+    runs = find_runs(digits_runs)
+    assert [os.path.basename(r) for r in runs] == ["class2img_digits"]
+    folder, grid, samples = generate(sessions, runs[0], None, classes="3 5", num=2, steps=2, guidance=2.0, seed=1)
+    assert len(samples) == 4 and is_inside(grid, folder)
+    imgs = [iio.imread(s) for s in samples]
+    assert all(im.shape[:2] == (16, 16) for im in imgs)
+    # seeded: the same request gives the same pixels
+    _, _, again = generate(sessions, runs[0], folder, classes="3 5", num=2, steps=2, guidance=2.0, seed=1)
+    assert all((iio.imread(a) == b).all() for a, b in zip(again, imgs))
+    with pytest.raises(InputError, match="whole numbers"):
+        generate(sessions, runs[0], folder, classes="three")
+    with pytest.raises(InputError, match="not in 0..9|0..9"):
+        generate(sessions, runs[0], folder, classes="12", num=1, steps=1)
