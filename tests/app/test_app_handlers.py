@@ -125,3 +125,26 @@ def test_generate_samples_a_trained_run(digits_runs, sessions):
         generate(sessions, runs[0], folder, classes="three")
     with pytest.raises(InputError, match="not in 0..9|0..9"):
         generate(sessions, runs[0], folder, classes="12", num=1, steps=1)
+
+
+def test_transfer_writes_gif_and_mesh_and_reports_a_bad_photo(service, sessions, tmp_path):
+    import imageio.v3 as iio
+
+    from ppapp.transfer_tab import transfer
+
+    src = _astronaut(tmp_path / "source.png")
+    tgt = tmp_path / "target.png"
+    iio.imwrite(tgt, iio.imread(src)[:, ::-1])  # the mirrored photo: another pose of the face
+    folder, out = transfer(service, sessions, 20, src, str(tgt), FIT, None, frames=4)
+    frames = iio.imread(out["gif"], index=None)
+    assert frames.ndim == 4 and frames.shape[0] == 4
+    assert open(out["glb"], "rb").read(4) == b"glTF" and all(is_inside(p, folder) for p in out.values())
+    import zipfile
+
+    assert sorted(zipfile.ZipFile(out["obj_zip"]).namelist()) == ["transfer.mtl", "transfer.obj", "transfer.png"]
+    blank = tmp_path / "wall.png"
+    iio.imwrite(blank, np.full((128, 128, 3), 90, np.uint8))
+    with pytest.raises(InputError, match=r"^source photo: wall\.png: 0 face\(s\); no face found"):
+        transfer(service, sessions, 20, str(blank), str(tgt), FIT, folder)
+    with pytest.raises(InputError, match="two photos"):
+        transfer(service, sessions, 20, None, str(tgt), FIT, folder)
