@@ -480,7 +480,8 @@ def _guard(source: str, fn):
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - a corrupt file, reported as one
-        raise InputError(f"{source}: not a readable file of its kind ({type(e).__name__}: {e}). "
+        detail = " ".join(str(e).split())[:300]
+        raise InputError(f"{source}: not a readable file of its kind ({type(e).__name__}: {detail}). "
                          "The file is corrupt or truncated; download it again.") from None
 
 
@@ -684,7 +685,10 @@ def load_torch_checkpoint(path: str):
             with zipfile.ZipFile(path) as zf:
                 return _load_zip(path, zf)
         with open(path, "rb") as fh:
-            head = fh.read(2)
+            head = fh.read(4)
+        if head == b"PK\x03\x04":
+            raise InputError(f"{path}: a zip checkpoint without its central directory: the file is corrupt "
+                             "or truncated; download it again.")
         if head[:1] != b"\x80":  # pickles start with PROTO; an old tar checkpoint does not
             try:
                 with tarfile.open(path, mode="r:") as tar:
