@@ -152,7 +152,12 @@ class _TensorType:
         self.name = name
 
 
-def _np_dtype(name: str) -> np.dtype:
+_ALLOWED_DTYPES = set(_STORAGE_DTYPES.values()) | set(_TORCH_DTYPES.values())
+
+
+def _np_dtype(name) -> np.dtype:
+    if not isinstance(name, str) or name not in _ALLOWED_DTYPES:  # a BUILD may have rewritten it
+        raise pickle.UnpicklingError(f"unsupported tensor element type {name!r}")
     return np.dtype("uint16" if name == "bfloat16" else name)
 
 
@@ -166,6 +171,7 @@ class _Storage:
     def __init__(self, data: np.ndarray, dtype_name: str):
         self.data = data
         self.dtype_name = dtype_name
+        self.lent = False  # handed out once as a whole (no copy); later views copy
 
 
 def _make_storage(raw: bytes, dtype_name: str, numel: int, big_endian: bool, what: str) -> _Storage:
@@ -181,6 +187,8 @@ def _strided(storage: _Storage, offset, size, stride, dtype_name=None) -> np.nda
     if not isinstance(storage, _Storage):
         raise pickle.UnpicklingError("a torch tensor without a readable storage")
     data, name = storage.data, storage.dtype_name
+    if data.dtype.hasobject:
+        raise pickle.UnpicklingError("a torch storage of Python objects")
     if dtype_name is not None and dtype_name != name:  # an untyped (byte) storage seen as dtype_name
         dt = _np_dtype(dtype_name)
         usable = data.size - data.size % dt.itemsize
@@ -196,9 +204,15 @@ def _strided(storage: _Storage, offset, size, stride, dtype_name=None) -> np.nda
         last = offset + sum((s - 1) * st for s, st in zip(size, stride))
         if offset < 0 or min(stride, default=0) < 0 or last >= data.size:
             raise pickle.UnpicklingError("a torch tensor view lies outside its storage")
-        base = data[offset:]
-        out = np.array(np.lib.stride_tricks.as_strided(
-            base, shape=size, strides=tuple(s * data.itemsize for s in stride), writeable=False), copy=True)
+        contiguous = all(st == int(np.prod(size[i + 1:])) for i, st in enumerate(stride) if size[i] > 1)
+        if (offset == 0 and contiguous and int(np.prod(size)) == data.size and not storage.lent
+                and data.flags.writeable and dtype_name in (None, storage.dtype_name)):
+            storage.lent = True  # the whole storage as one tensor (the common case): no second copy
+            out = data.reshape(size)
+        else:
+            base = data[offset:]
+            out = np.array(np.lib.stride_tricks.as_strided(
+                base, shape=size, strides=tuple(s * data.itemsize for s in stride), writeable=False), copy=True)
     return _bf16_to_f32(out) if name == "bfloat16" else out
 
 
@@ -557,6 +571,22 @@ def _torch_pickle(f, source: str, storage_for) -> Any:
     return RestrictedUnpickler(f, source, persistent_load).load()
 
 
+def _read_zip_storage(zf: zipfile.ZipFile, name: str, dtype_name: str, numel: int, big: bool, key) -> _Storage:
+    """One ``data/<key>`` record read straight into a NumPy array (one copy)."""
+    dt = _np_dtype(dtype_name)
+    size = zf.getinfo(name).file_size
+    if size < numel * dt.itemsize:
+        raise pickle.UnpicklingError(f"storage {key} is truncated ({size} of {numel * dt.itemsize} bytes)")
+    arr = np.empty(int(numel), dtype=dt)
+    with zf.open(name) as fh:
+        got = fh.readinto(memoryview(arr).cast("B")) if arr.nbytes else 0
+    if got != arr.nbytes:
+        raise pickle.UnpicklingError(f"storage {key} is truncated ({got} of {arr.nbytes} bytes)")
+    if big and dt.itemsize > 1:
+        arr = arr.byteswap()
+    return _Storage(arr, dtype_name)
+
+
 def _load_zip(path: str, zf: zipfile.ZipFile):
     names = zf.namelist()
     pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1] or \
@@ -579,7 +609,7 @@ def _load_zip(path: str, zf: zipfile.ZipFile):
             if name not in names:
                 raise InputError(f"{path}: the checkpoint refers to storage {key!r}, which is missing "
                                  "from the archive (the file is incomplete; download it again)")
-            cache[key] = _make_storage(zf.read(name), stype.dtype, numel, big, key)
+            cache[key] = _read_zip_storage(zf, name, stype.dtype, numel, big, key)
         return cache[key]
 
     return _torch_pickle(io.BytesIO(zf.read(pkls[0])), path, storage_for)
