@@ -308,3 +308,20 @@ def test_bad_files_give_one_line_errors(tmp_path):
         with pytest.raises(InputError, match=match) as ei:
             load_torch_checkpoint(str(tmp_path / name))
         assert "\n" not in str(ei.value) and not isinstance(ei.value, UnsafePickleError), name
+
+
+def test_reads_without_torch(tmp_path):
+    """The reader never imports torch: a checkpoint loads in a process where torch cannot be imported."""
+    import subprocess
+    import sys
+
+    torch.save({"w": torch.arange(6.0).reshape(2, 3).t(), "n": 3}, tmp_path / "c.pt")
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from ppengine.safe_load import load_torch_checkpoint\n"
+            f"d = load_torch_checkpoint({str(tmp_path / 'c.pt')!r})\n"
+            "print(d['w'].tolist(), d['n'], 'torch' in sys.modules and sys.modules['torch'] is not None)")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=root))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]] 3 False"
