@@ -48,12 +48,35 @@ def _load_tokenizer(folder: str):
         raise InputError(f"{folder}: could not load the CLIP tokenizer ({type(e).__name__}: {e})") from e
 
 
+def _text_encoder_from_torch_bin(te: str, bin_path: str):
+    """transformers' ``pytorch_model.bin`` (a torch.save file), read through the allow-list, never torch.load."""
+    from ppdiffusers.transformers import CLIPTextConfig, CLIPTextModel
+
+    from ppengine.safe_load import load_torch_checkpoint, torch_state_dict
+
+    from .weights import load_arrays_into, to_paddle_layout
+
+    try:
+        encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(te))
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"{te}: could not read the CLIP text encoder's config.json ({type(e).__name__}: {e})") from e
+    own = encoder.state_dict()
+    arrays = {k: v for k, v in torch_state_dict(load_torch_checkpoint(bin_path), bin_path).items()
+              if k in own or not k.endswith("position_ids")}
+    load_arrays_into(encoder, to_paddle_layout(encoder, arrays, "pt"), bin_path)
+    encoder.eval()
+    return encoder
+
+
 def _load_text_encoder(folder: str):
     te, tok = os.path.join(folder, "text_encoder"), os.path.join(folder, "tokenizer")
     if not os.path.isdir(te) or not os.path.isdir(tok):
         return None, None
     from ppdiffusers.transformers import CLIPTextModel
 
+    bin_path = os.path.join(te, "pytorch_model.bin")
+    if os.path.isfile(bin_path) and not any(f.endswith((".safetensors", ".pdparams")) for f in os.listdir(te)):
+        return _text_encoder_from_torch_bin(te, bin_path), _load_tokenizer(tok)
     # diffusers' text_encoder/model.safetensors is PyTorch layout (metadata format "pt"); ppdiffusers
     # writes Paddle layout under the same name; let paddlenlp decide for anything else.
     from_torch = None

@@ -290,6 +290,36 @@ def test_malicious_ckpt_is_refused(tmp_path):
         StableDiffusion(checkpoint=str(tmp_path / "missing.safetensors"))
 
 
+@pytest.mark.parametrize("converted", ["v2"], indirect=True)
+def test_pipeline_folder_of_bin_files_is_read(converted, tmp_path):
+    """A diffusers pipeline saved without safetensors (unet/ vae/ diffusion_pytorch_model.bin,
+    text_encoder/pytorch_model.bin: torch.save files) loads through the allow-list."""
+    import shutil
+
+    import torch
+    from safetensors.numpy import load_file
+
+    from ppldm.interop import StableDiffusion
+
+    _, folder, pipe, _ = converted
+    pipe.save_pretrained(str(tmp_path / "pt"), to_diffusers=True)
+    for sub, st, binname in (("unet", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+                             ("vae", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+                             ("text_encoder", "model.safetensors", "pytorch_model.bin")):
+        d = tmp_path / "pt" / sub
+        sd = load_file(str(d / st))
+        torch.save({k: torch.from_numpy(v.copy()) for k, v in sd.items()}, d / binname)
+        os.remove(d / st)
+    shutil.rmtree(tmp_path / "pt" / "scheduler", ignore_errors=True)
+    sd = StableDiffusion(folder=str(tmp_path / "pt"))
+    rng = np.random.RandomState(1)
+    ids = paddle.to_tensor(rng.randint(0, 500, (1, 77)))
+    assert rel_err(sd.text_encoder(ids)[0].numpy(), pipe.text_encoder(ids)[0].numpy()) <= 1e-4
+    x, c = (paddle.to_tensor(rng.standard_normal(s).astype("float32")) for s in ((1, 4, 8, 8), (1, 7, 128)))
+    t = paddle.to_tensor([500])
+    assert rel_err(sd.unet(x, t, c).numpy(), pipe.unet(x, t, encoder_hidden_states=c).sample.numpy()) <= 1e-4
+
+
 def test_diffusers_bin_folder_is_read(tmp_path):
     """A diffusers folder holding only diffusion_pytorch_model.bin (torch.save) loads, safely."""
     import torch
