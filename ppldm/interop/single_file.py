@@ -24,13 +24,15 @@ GELU for OpenCLIP and quick-GELU for CLIP, and the prediction type of the ppldm 
 Files are ``.safetensors`` (read without pickle) or ``.ckpt`` / ``.pt`` / ``.pth`` / ``.bin``
 (read with :func:`ppengine.safe_load.load_torch_checkpoint`: no code from the file runs).
 
-:func:`save_single_file` writes a ``.safetensors`` file in these names (PyTorch layout); an SD
+:func:`save_single_file` writes a ``.safetensors`` file in these names (PyTorch layout) and its
+inference YAML beside it, refusing (unless ``strict=False``) settings SD cannot express; an SD
 2.x-style text encoder is written as OpenCLIP with one extra all-zero residual block, which is
 the identity, so readers that use the penultimate block (as SD does) or the last one both get
 this model's text features.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -71,6 +73,11 @@ class SingleFile:
 # --------------------------------------------------------------------------- reading files
 def read_single_file(path: str) -> Dict[str, np.ndarray]:
     """The flat name -> array dict of a ``.safetensors`` or torch checkpoint (``state_dict`` unwrapped)."""
+    return _read(path)[0]
+
+
+def _read(path: str):
+    """-> (arrays, safetensors metadata or {})."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputError(f"{path}: checkpoint not found. Give the path of a Stable Diffusion single file "
@@ -80,7 +87,7 @@ def read_single_file(path: str) -> Dict[str, np.ndarray]:
 
         try:
             with safe_open(path, framework="np") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"{path}: cannot be read as safetensors ({' '.join(str(e).split())}); the file "
                                   "may be truncated. Download it again.") from None
@@ -88,7 +95,7 @@ def read_single_file(path: str) -> Dict[str, np.ndarray]:
         raise InputError(f"{path}: unknown checkpoint type; expected .safetensors or one of {', '.join(TORCH_EXTS)}")
     from ppengine.safe_load import load_torch_checkpoint, torch_state_dict
 
-    return torch_state_dict(load_torch_checkpoint(path), path)
+    return torch_state_dict(load_torch_checkpoint(path), path), {}
 
 
 def _sub(arrays, prefix):
@@ -356,20 +363,22 @@ def load_single_file(path: str, original_config: Optional[str] = None, attention
         text_layer: ``penultimate`` (SD 2.x's default) or ``last``; None: the YAML's, else
             ``penultimate`` for OpenCLIP and ``last`` for CLIP.
     """
-    arrays = read_single_file(path)
+    arrays, meta = _read(path)
     settings = _yaml_settings(original_config)
+    own = {k: json.loads(meta[f"ppldm.{k}"]) for k in ("unet", "vae", "text") if f"ppldm.{k}" in meta}
     unet_sd, vae_sd = _sub(arrays, UNET), _sub(arrays, VAE)
-    ukw = settings.get("unet") or infer_unet_kwargs(unet_sd, path)
+    ukw = settings.get("unet") or own.get("unet") or infer_unet_kwargs(unet_sd, path)
     unet = UNet(**ukw, attention_type=attention_type)
     n, layers, attn = _unet_layout(unet)
     used = {UNET + k for k in _map_into(unet, unet_sd, lambda k: unet_key_to_original(k, n, layers, attn), path,
                                         "UNet")}
-    vkw = dict(settings.get("vae") or infer_vae_kwargs(vae_sd, path))
+    vkw = dict(settings.get("vae") or own.get("vae") or infer_vae_kwargs(vae_sd, path))
     vkw.setdefault("mid_attention", "encoder.mid.attn_1.q.weight" in vae_sd)
-    vae = AutoencoderKL(**vkw, scaling_factor=settings.get("scale_factor", 0.18215))
+    vkw["scaling_factor"] = settings.get("scale_factor", vkw.get("scaling_factor", 0.18215))
+    vae = AutoencoderKL(**vkw)
     nv = len(vae.config["block_channels"])
     used |= {VAE + k for k in _map_into(vae, vae_sd, lambda k: vae_key_to_original(k, nv), path, "autoencoder")}
-    text, tinfo = _load_text(arrays, path, text_layer or settings.get("text_layer"))
+    text, tinfo = _load_text(arrays, path, text_layer or settings.get("text_layer"), own.get("text") or {})
     if text is not None:
         prefix = OPENCLIP if tinfo["format"] == "openclip" else CLIP
         used |= {k for k in arrays if k.startswith(prefix)}
@@ -380,7 +389,7 @@ def load_single_file(path: str, original_config: Optional[str] = None, attention
     return SingleFile(unet, vae, text, settings, ignored)
 
 
-def _load_text(arrays, path, layer):
+def _load_text(arrays, path, layer, own):
     from ppdiffusers.transformers import CLIPTextConfig, CLIPTextModel
 
     oc, cl = _sub(arrays, OPENCLIP), _sub(arrays, CLIP)
@@ -400,16 +409,18 @@ def _load_text(arrays, path, layer):
         return None, None
     tok = tsd["text_model.embeddings.token_embedding.weight"]
     width = int(tok.shape[1])
+    heads = int(own.get("heads", max(1, width // 64)))
+    act = own.get("hidden_act", act)
     cfg = CLIPTextConfig(vocab_size=int(tok.shape[0]), hidden_size=width,
                          intermediate_size=int(tsd["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0]),
-                         num_hidden_layers=n_layers, num_attention_heads=max(1, width // 64),
+                         num_hidden_layers=n_layers, num_attention_heads=heads,
                          max_position_embeddings=int(tsd["text_model.embeddings.position_embedding.weight"].shape[0]),
                          hidden_act=act, layer_norm_eps=1e-5)
     model = CLIPTextModel(cfg)
     own = model.state_dict()
     tsd = {k: v for k, v in tsd.items() if k in own or not k.startswith("text_model.encoder.layers.")}
     load_arrays_into(model, to_paddle_layout(model, tsd, "pt"), path)
-    return model, {"format": fmt, "layers": n_layers, "hidden_act": act, "heads": max(1, width // 64)}
+    return model, {"format": fmt, "layers": n_layers, "hidden_act": act, "heads": heads}
 
 
 def _pt_arrays(model) -> Dict[str, np.ndarray]:
@@ -457,10 +468,99 @@ def single_file_arrays(model, text_format: Optional[str] = None) -> Dict[str, np
     return out
 
 
-def save_single_file(model, path: str, text_format: Optional[str] = None) -> str:
+def _scale_factor(model, vae) -> float:
+    """The latent scale: a LatentDiffusion's (fitted) LatentScale, else the autoencoder's."""
+    scale = getattr(model, "scale", None)
+    if scale is not None and hasattr(scale, "scale_factor"):
+        return float(np.asarray(scale.scale_factor.numpy()).reshape(-1)[0])
+    return float(getattr(vae, "scaling_factor", 0.18215))
+
+
+def sd_incompatibilities(model) -> List[str]:
+    """Settings of ``model`` that Stable Diffusion's original code cannot express (empty: none)."""
+    unet = getattr(model, "unet", None)
+    vae = getattr(model, "vae", None) or getattr(model, "ae", None)
+    bad = []
+    u = unet.config
+    for key, ok in (("position_encoding", None), ("num_classes", None), ("norm_groups", 32), ("norm_eps", 1e-5),
+                    ("flip_sin_to_cos", True), ("freq_shift", 0)):
+        if u.get(key) != ok:
+            bad.append(f"unet.{key}={u.get(key)!r} (SD: {ok!r})")
+    if any(ch % 32 for ch in u["block_channels"]):
+        bad.append(f"unet.block_channels={u['block_channels']} (SD's GroupNorm(32) needs multiples of 32)")
+    v = vae.config
+    if v.get("norm_groups") != 32:
+        bad.append(f"vae.norm_groups={v.get('norm_groups')!r} (SD: 32)")
+    if not v.get("mid_attention", True):
+        bad.append("vae.mid_attention=False (SD's autoencoder has mid.attn_1)")
+    diff = getattr(model, "diffusion", None)
+    if diff is not None and diff.config.get("beta_schedule") not in ("scaled_linear", "linear"):
+        bad.append(f"diffusion.beta_schedule={diff.config.get('beta_schedule')!r} (SD: scaled_linear)")
+    return bad
+
+
+def original_config_for(model) -> Dict:
+    """An inference YAML in the layout of Stability's ``v2-inference(-v).yaml`` for ``model``."""
+    unet = model.unet
+    vae = getattr(model, "vae", None) or getattr(model, "ae", None)
+    u, v = unet.config, vae.config
+    ch = u["block_channels"][0]
+    up = {"image_size": 32, "in_channels": u["in_channels"] + u["concat_channels"],
+          "out_channels": u["out_channels"], "model_channels": ch,
+          "attention_resolutions": sorted(u["attention_resolutions"], reverse=True),
+          "num_res_blocks": u["layers_per_block"], "channel_mult": [c // ch for c in u["block_channels"]],
+          "use_spatial_transformer": True, "use_linear_in_transformer": bool(u["use_linear_projection"]),
+          "transformer_depth": u["transformer_depth"], "context_dim": u["context_dim"], "legacy": False}
+    if u["head_channels"]:
+        up["num_head_channels"] = u["head_channels"]
+    else:
+        up["num_heads"] = u["num_heads"]
+    bc = v["block_channels"]
+    params = {"linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "first_stage_key": "jpg",
+              "cond_stage_key": "txt", "image_size": 64, "channels": v["latent_channels"],
+              "cond_stage_trainable": False, "conditioning_key": "crossattn",
+              "scale_factor": _scale_factor(model, vae),
+              "use_ema": False,
+              "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": up},
+              "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
+                  "embed_dim": v["latent_channels"], "ddconfig": {
+                      "double_z": True, "z_channels": v["latent_channels"], "resolution": 256,
+                      "in_channels": v["in_channels"], "out_ch": v["out_channels"], "ch": bc[0],
+                      "ch_mult": [c // bc[0] for c in bc], "num_res_blocks": v["layers_per_block"],
+                      "attn_resolutions": [], "dropout": 0.0},
+                  "lossconfig": {"target": "torch.nn.Identity"}}}}
+    diff = getattr(model, "diffusion", None)
+    if diff is not None:
+        d = diff.config
+        params.update(linear_start=float(d["beta_start"]), linear_end=float(d["beta_end"]),
+                      timesteps=int(d["num_train_timesteps"]))
+        if d["beta_schedule"] == "linear":  # diffusers' linear = ldm's sqrt_linear
+            params["beta_schedule"] = "sqrt_linear"
+        if d["prediction_type"] == "v":
+            params["parameterization"] = "v"
+    text = getattr(model, "text_encoder", None)
+    if text is not None:
+        if getattr(text.config, "hidden_act", "gelu") == "quick_gelu":
+            params["cond_stage_config"] = {"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder"}
+        else:
+            params["cond_stage_config"] = {"target": "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
+                                           "params": {"freeze": True, "layer": "penultimate"}}
+    return {"model": {"base_learning_rate": 1.0e-4, "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
+                      "params": params}}
+
+
+def save_single_file(model, path: str, text_format: Optional[str] = None, strict: bool = True,
+                     write_yaml: bool = True) -> str:
     """Write ``model`` as an SD single file (``.safetensors``, original key names, PyTorch layout),
-    atomically. ``text_format``: ``openclip`` (SD 2.x) / ``clip`` (SD 1.x); default from the text
-    encoder's activation (GELU -> OpenCLIP, quick-GELU -> CLIP)."""
+    atomically, with its inference YAML beside it (``<name>.yaml``, Stability's layout: the file
+    SD tools look for next to a checkpoint).
+
+    ``text_format``: ``openclip`` (SD 2.x) / ``clip`` (SD 1.x); default from the text encoder's
+    activation (GELU -> OpenCLIP, quick-GELU -> CLIP). ``strict``: refuse models with settings SD's
+    code cannot express (:func:`sd_incompatibilities`); with ``strict=False`` they are written all the
+    same and only ppldm reads them back exactly (their settings travel in the file's metadata).
+    """
+    import yaml
     from safetensors.numpy import save
 
     from ppengine.checkpoint import atomic_write_bytes
@@ -470,5 +570,20 @@ def save_single_file(model, path: str, text_format: Optional[str] = None) -> str
         raise InputError(f"save_single_file: {path!r}: write a .safetensors file (it needs no pickle and every "
                          "SD tool reads it)")
     arrays = {k: np.ascontiguousarray(v) for k, v in single_file_arrays(model, text_format).items()}
-    atomic_write_bytes(path, save(arrays, metadata={"format": "pt"}))
+    bad = sd_incompatibilities(model)
+    if bad and strict:
+        raise InputError("save_single_file: this model has settings Stable Diffusion's code cannot express: "
+                         + "; ".join(bad) + ". Pass strict=False to write it for ppldm only.")
+    vae = getattr(model, "vae", None) or getattr(model, "ae", None)
+    meta = {"format": "pt", "ppldm.unet": json.dumps({k: v for k, v in model.unet.config.items()
+                                                      if k != "attention_type"}),
+            "ppldm.vae": json.dumps(dict(vae.config, scaling_factor=_scale_factor(model, vae)))}
+    text = getattr(model, "text_encoder", None)
+    if text is not None:
+        meta["ppldm.text"] = json.dumps({"heads": int(text.config.num_attention_heads),
+                                         "hidden_act": text.config.hidden_act})
+    if write_yaml:
+        atomic_write_bytes(path[: -len(".safetensors")] + ".yaml",
+                           yaml.safe_dump(original_config_for(model), sort_keys=False).encode())
+    atomic_write_bytes(path, save(arrays, metadata=meta))
     return path

@@ -165,15 +165,21 @@ def test_sd21_structure_at_full_depth():
                    for k in vae)
 
 
-def test_safetensors_from_shapes_matches_ppdiffusers(converted):
+def test_safetensors_from_shapes_matches_ppdiffusers(converted, tmp_path):
+    """A file as other tools write it (no ppldm metadata, no YAML): the networks come from the shapes."""
+    from safetensors.numpy import load_file, save_file
+
     from ppldm.interop import load_single_file
 
     version, _, pipe, path = converted
-    parts = load_single_file(path)
+    bare = str(tmp_path / "bare.safetensors")
+    save_file(load_file(path), bare)
+    parts = load_single_file(bare)
     assert parts.settings["text"]["format"] == ("openclip" if version == "v2" else "clip")
     assert parts.settings["text"]["layers"] == 2  # OpenCLIP: the zero block is the dropped last one
     assert parts.unet.config["use_linear_projection"] == (version == "v2")
     check_parity(parts, pipe)
+    check_parity(load_single_file(path), pipe)  # our own file: its metadata gives the same settings
 
 
 def test_ckpt_with_original_yaml_matches_ppdiffusers(converted, tmp_path):
@@ -340,3 +346,48 @@ def test_diffusers_bin_folder_is_read(tmp_path):
     vae = load_autoencoder(str(tmp_path / "bin"))
     z = paddle.to_tensor(np.random.RandomState(0).standard_normal((1, 4, 4, 4)).astype("float32"))
     assert rel_err(vae.decode(z).numpy(), ref.decode(z).sample.numpy()) <= 1e-4
+
+
+def test_written_yaml_reads_back(converted):
+    """save_single_file writes <name>.yaml in Stability's layout: read back with it, same numbers."""
+    import yaml
+
+    from ppldm.interop import load_single_file
+
+    version, _, pipe, path = converted
+    yml = path[: -len(".safetensors")] + ".yaml"
+    cfg = yaml.safe_load(open(yml))
+    p = cfg["model"]["params"]
+    assert cfg["model"]["target"] == "ldm.models.diffusion.ddpm.LatentDiffusion"
+    assert p["unet_config"]["params"]["channel_mult"] == [1, 2] and p["unet_config"]["params"]["context_dim"] == 128
+    assert p["first_stage_config"]["params"]["ddconfig"]["ch_mult"] == [1, 2]
+    assert p.get("parameterization") is None  # StableDiffusion(folder=...) here uses eps
+    assert ("FrozenOpenCLIPEmbedder" if version == "v2" else "FrozenCLIPEmbedder") in p["cond_stage_config"]["target"]
+    check_parity(load_single_file(path, original_config=yml), pipe)
+
+
+def test_latent_diffusion_trained_here_round_trips(tmp_path):
+    """A LatentDiffusion of this library (GroupNorm 16/8, not SD's 32) is refused by default, and
+    with strict=False written and read back exactly through the file's ppldm metadata."""
+    import ppldm  # noqa: F401
+    from ppengine.config import load_config
+    from ppengine.trainer import build_model
+    from ppldm.interop import load_single_file, save_single_file
+
+    cfg = load_config(os.path.join(ROOT, "configs", "ldm", "txt2img_shapes_plain.yml"),
+                      [f"model.autoencoder.weights={tmp_path / 'none.safetensors'}"])
+    model = randomize(build_model(cfg), 7)
+    path = str(tmp_path / "shapes.safetensors")
+    with pytest.raises(InputError, match="norm_groups=16"):
+        save_single_file(model, path)
+    assert not os.path.exists(path)
+    save_single_file(model, path, strict=False)
+    parts = load_single_file(path)
+    assert parts.text_encoder is None and parts.unet.config["norm_groups"] == 16
+    rng = np.random.RandomState(0)
+    x = paddle.to_tensor(rng.standard_normal((1, 4, 16, 16)).astype("float32"))
+    c = paddle.to_tensor(rng.standard_normal((1, 5, model.unet.context_dim)).astype("float32"))
+    t = paddle.to_tensor([300])
+    np.testing.assert_array_equal(parts.unet(x, t, c).numpy(), model.unet(x, t, c).numpy())
+    z = paddle.to_tensor(rng.standard_normal((1, 4, 8, 8)).astype("float32"))
+    np.testing.assert_array_equal(parts.vae.decode(z).numpy(), model.ae.decode(z).numpy())
