@@ -582,8 +582,9 @@ def save_single_file(model, path: str, text_format: Optional[str] = None, strict
     if text is not None:
         meta["ppldm.text"] = json.dumps({"heads": int(text.config.num_attention_heads),
                                          "hidden_act": text.config.hidden_act})
-    if write_yaml:
-        atomic_write_bytes(path[: -len(".safetensors")] + ".yaml",
-                           yaml.safe_dump(original_config_for(model), sort_keys=False).encode())
-    atomic_write_bytes(path, save(arrays, metadata=meta))
+    data = save(arrays, metadata=meta)  # everything is built before anything is written
+    yml = yaml.safe_dump(original_config_for(model), sort_keys=False).encode() if write_yaml else None
+    atomic_write_bytes(path, data)
+    if yml is not None:
+        atomic_write_bytes(path[: -len(".safetensors")] + ".yaml", yml)
     return path
