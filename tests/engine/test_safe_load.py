@@ -325,3 +325,16 @@ def test_reads_without_torch(tmp_path):
                          env=dict(os.environ, PYTHONPATH=root))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]] 3 False"
+
+
+def test_tensor_with_python_state_device_size_dtype(tmp_path):
+    """A tensor carrying attributes (pickled through _rebuild_from_type_v2), torch.device,
+    torch.Size and dtypes stored as values."""
+    t = torch.arange(6.0).reshape(2, 3)
+    t.note = "attribute"
+    torch.save({"t": t, "dev": torch.device("cpu"), "size": torch.Size([2, 3]), "dt": torch.bfloat16},
+               tmp_path / "x.pt")
+    ref = torch.load(tmp_path / "x.pt", weights_only=True)
+    got = load_torch_checkpoint(str(tmp_path / "x.pt"))
+    np.testing.assert_array_equal(got["t"], ref["t"].numpy())
+    assert got["dev"] == str(ref["dev"]) and got["size"] == tuple(ref["size"]) and got["dt"] == "bfloat16"
