@@ -27,8 +27,7 @@ import numpy as np
 
 from ppengine.errors import InputError
 from ppengine.io import atomic_write_bytes
-
-from .safe_pickle import load_npy, load_pickle
+from ppengine.safe_load import load_npy, load_pickle
 
 FLAME_SOURCE_HINT = (
     "FLAME is licensed and cannot ship with this library: register and download it at "
