@@ -77,6 +77,7 @@ def build(gr, service, sessions: Sessions, max_mb: float, state, example: str):
                 status = gr.Textbox(label="Messages", lines=3, interactive=False, elem_id="rec-status")
             with gr.Column(scale=2):
                 viewer = gr.Model3D(label="3D head (GLB)", clear_color=(0.95, 0.95, 0.95, 1.0), height=420,
+                                    camera_position=(90, 90, None),  # facing the camera (+z)
                                     elem_id="rec-model3d")
         gallery = gr.Gallery(label="Overlay / textured / shape / landmarks", columns=4, height="auto",
                              elem_id="rec-gallery")

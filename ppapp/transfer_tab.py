@@ -56,6 +56,7 @@ def build(gr, service, sessions: Sessions, max_mb: float, state):
         with gr.Row():
             anim = gr.Image(label="Transfer animation (GIF)", type="filepath", interactive=False, elem_id="tr-gif")
             viewer = gr.Model3D(label="Transferred mesh (GLB)", clear_color=(0.95, 0.95, 0.95, 1.0), height=360,
+                                camera_position=(90, 90, None),
                                 elem_id="tr-model3d")
         downloads = gr.File(label="Downloads: GIF, OBJ zip, GLB", file_count="multiple", interactive=False)
 
