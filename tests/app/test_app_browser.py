@@ -57,7 +57,7 @@ def app(tmp_path, digits_runs):
                 pass
             time.sleep(0.5)
         assert proc.poll() is None, open(tmp_path / "app.log").read()
-        yield url, work
+        yield url, work, tmp_path / "app.log"
     finally:
         proc.terminate()
         try:
@@ -74,7 +74,7 @@ def test_reconstruct_in_the_browser(app, tmp_path):
 
     from ppface3d.apps.export import save_png
 
-    url, work = app
+    url, work, log = app
     photo = save_png(str(tmp_path / "astronaut.png"), astronaut())
     # nothing outside the app's own folders is served
     (tmp_path / "secret.txt").write_text("secret")
@@ -142,3 +142,9 @@ def test_reconstruct_in_the_browser(app, tmp_path):
     assert glbs and len(glbs[0]) > 1000 and glbs[0][:4] == b"glTF"
     assert os.path.getsize(tmp_path / "reconstruct.png") > 10_000
     assert _status(url + "/") == 200
+    # the app's console is quiet too: its start line and the fitter's progress bars only
+    import re
+
+    lines = [ln for ln in re.split(r"[\r\n]", open(log).read()) if ln.strip()]
+    foreign = [ln for ln in lines if not (ln.startswith("app: http://127.0.0.1:") or ln.startswith("fit:"))]
+    assert not foreign, foreign
