@@ -175,7 +175,9 @@ def native_stderr_filtered() -> Iterator[None]:
     Re-entrant and thread-safe: the first block to enter redirects, the last to leave restores
     and replays (concurrent writers are delayed, never lost).
     """
-    if _state["verbose"] or verbose_requested():
+    # verbose: quiet(verbose=True) ran (it exports PPENGINE_VERBOSE=1) or the environment says so;
+    # argv is not read here (a library caller's own --verbose, e.g. pytest's, means something else)
+    if _state["verbose"] or verbose_requested(argv=()):
         yield
         return
     with _native["lock"]:
