@@ -1,0 +1,202 @@
+"""DECA's released checkpoint layout read into Paddle: parity with DECA's modules built in torch.
+
+The torch reference modules below are written here from DECA's decalib/models (resnet.py's ResNet
++ Bottleneck with torchvision's key names, encoders.ResnetEncoder, decoders.Generator), given
+random weights and random batch-norm statistics, saved with ``torch.save`` as DECA saves
+``deca_model.tar`` ({'E_flame', 'E_detail', 'D_detail'}), and read back without torch.
+"""
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+torch = pytest.importorskip("torch")
+tnn = torch.nn
+
+from ppengine.errors import InputError  # noqa: E402
+from ppengine.safe_load import UnsafePickleError  # noqa: E402
+from ppface3d.models.deca_release import DECA_CODES, DECARelease, read_deca_checkpoint  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- DECA in torch
+class Bottleneck(tnn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = tnn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = tnn.BatchNorm2d(planes)
+        self.conv2 = tnn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = tnn.BatchNorm2d(planes)
+        self.conv3 = tnn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = tnn.BatchNorm2d(planes * 4)
+        self.relu = tnn.ReLU()
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet50(tnn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inplanes = 64
+        self.conv1 = tnn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = tnn.BatchNorm2d(64)
+        self.relu = tnn.ReLU()
+        self.maxpool = tnn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1 = self._make(64, 3)
+        self.layer2 = self._make(128, 4, 2)
+        self.layer3 = self._make(256, 6, 2)
+        self.layer4 = self._make(512, 3, 2)
+
+    def _make(self, planes, blocks, stride=1):
+        down = None
+        if stride != 1 or self.inplanes != planes * 4:
+            down = tnn.Sequential(tnn.Conv2d(self.inplanes, planes * 4, 1, stride=stride, bias=False),
+                                  tnn.BatchNorm2d(planes * 4))
+        layers = [Bottleneck(self.inplanes, planes, stride, down)]
+        self.inplanes = planes * 4
+        layers += [Bottleneck(self.inplanes, planes) for _ in range(1, blocks)]
+        return tnn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        # DECA: AvgPool2d(7) on the 7x7 map of a 224 input, i.e. the global mean; the tests use 64x64
+        return x.mean((2, 3))
+
+
+class ResnetEncoder(tnn.Module):
+    def __init__(self, outsize):
+        super().__init__()
+        self.encoder = ResNet50()
+        self.layers = tnn.Sequential(tnn.Linear(2048, 1024), tnn.ReLU(), tnn.Linear(1024, outsize))
+
+    def forward(self, x):
+        return self.layers(self.encoder(x))
+
+
+class Generator(tnn.Module):
+    def __init__(self, latent_dim=181, out_scale=0.01):
+        super().__init__()
+        self.out_scale = out_scale
+        self.l1 = tnn.Sequential(tnn.Linear(latent_dim, 128 * 8 * 8))
+        blocks = [tnn.BatchNorm2d(128)]
+        for cin, cout in ((128, 128), (128, 64), (64, 64), (64, 32), (32, 16)):
+            blocks += [tnn.Upsample(scale_factor=2, mode="bilinear"), tnn.Conv2d(cin, cout, 3, 1, 1),
+                       tnn.BatchNorm2d(cout, 0.8), tnn.LeakyReLU(0.2, inplace=True)]
+        blocks += [tnn.Conv2d(16, 1, 3, 1, 1), tnn.Tanh()]
+        self.conv_blocks = tnn.Sequential(*blocks)
+
+    def forward(self, z):
+        return self.conv_blocks(self.l1(z).view(z.shape[0], 128, 8, 8)) * self.out_scale
+
+
+def _randomise_bn(module, gen):
+    for m in module.modules():
+        if isinstance(m, tnn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(c, generator=gen) * 0.5 + 0.75)
+            m.weight.data.copy_(torch.rand(c, generator=gen) * 0.5 + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=gen) * 0.1)
+            m.num_batches_tracked.fill_(7)
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    nets = {"E_flame": ResnetEncoder(236), "E_detail": ResnetEncoder(128), "D_detail": Generator()}
+    with torch.no_grad():
+        for net in nets.values():
+            _randomise_bn(net, gen)
+            net.eval()
+    path = str(tmp_path_factory.mktemp("deca") / "deca_model.tar")
+    torch.save({k: v.state_dict() for k, v in nets.items()}, path)
+    rng = np.random.default_rng(0)
+    images = rng.random((2, 3, 64, 64), dtype=np.float32)
+    with torch.no_grad():
+        x = torch.from_numpy(images)
+        params = nets["E_flame"](x).numpy()
+        detail = nets["E_detail"](x).numpy()
+        pose = params[:, 200:206]
+        exp = params[:, 150:200]
+        z = torch.from_numpy(np.concatenate([pose[:, 3:], exp, detail], 1))
+        disp = nets["D_detail"](z).numpy()
+    return {"path": path, "images": images, "params": params, "detail": detail, "disp": disp}
+
+
+@pytest.fixture(scope="module")
+def model(release):
+    m = DECARelease(checkpoint=release["path"], image_size=64)
+    m.eval()
+    return m
+
+
+def test_codes_match_deca(release, model):
+    codes = model.encode(paddle.to_tensor(release["images"]))
+    off = 0
+    for k, n in DECA_CODES.items():
+        ref = release["params"][:, off:off + n]
+        got = codes[k].numpy().reshape(ref.shape)
+        assert _rel(got, ref) <= 1e-4, k
+        off += n
+    assert codes["light"].shape == [2, 9, 3]
+    assert _rel(codes["detail"].numpy(), release["detail"]) <= 1e-4
+
+
+def test_detail_map_matches_deca(release, model):
+    codes = model.encode(paddle.to_tensor(release["images"]))
+    disp = model.displacement(codes).numpy()
+    assert disp.shape == (2, 1, 256, 256)
+    assert np.abs(release["disp"]).max() > 1e-4  # not a trivially flat map
+    assert _rel(disp, release["disp"]) <= 1e-4
+
+
+def test_checkpoint_keys(release):
+    states = read_deca_checkpoint(release["path"])
+    assert set(states) == {"E_flame", "E_detail", "D_detail"}
+    assert states["E_flame"]["layers.2.weight"].shape == (236, 2048 // 2)
+    assert states["D_detail"]["l1.0.weight"].shape == (8192, 181)
+
+
+def test_wrong_file_is_a_clear_error(tmp_path):
+    p = str(tmp_path / "other.tar")
+    torch.save({"model": {"w": torch.zeros(3)}}, p)
+    with pytest.raises(InputError, match="not a DECA checkpoint"):
+        DECARelease(checkpoint=p, image_size=64)
+    p2 = str(tmp_path / "small.tar")
+    torch.save({k: {"w": torch.zeros(2)} for k in ("E_flame", "E_detail", "D_detail")}, p2)
+    with pytest.raises(InputError, match="does not match DECA's"):
+        DECARelease(checkpoint=p2, image_size=64)
+    with pytest.raises(InputError, match="not found"):
+        DECARelease(checkpoint=str(tmp_path / "none.tar"), image_size=64)
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_malicious_checkpoint_refused(tmp_path, zipped):
+    marker = tmp_path / "ran"
+    p = str(tmp_path / "deca_model.tar")
+    torch.save({"E_flame": {"x": _Evil(str(marker))}, "E_detail": {}, "D_detail": {}}, p,
+               _use_new_zipfile_serialization=zipped)
+    with pytest.raises(UnsafePickleError, match="system"):
+        DECARelease(checkpoint=p, image_size=64)
+    assert not marker.exists()
