@@ -71,11 +71,9 @@ def displacement2normal(uv_z: paddle.Tensor, uv_vertices: paddle.Tensor, uv_norm
 
 def _as_mask(mask, H: int, W: int) -> paddle.Tensor:
     m = paddle.to_tensor(mask, dtype="float32") if not isinstance(mask, paddle.Tensor) else mask.astype("float32")
-    if m.ndim == 2:
-        m = m.reshape([1, 1, H, W])
-    if m.shape[-2:] != [H, W]:
-        raise InputError(f"displacement mask is {list(m.shape[-2:])}, the maps are {[H, W]}")
-    return m
+    if m.ndim not in (2, 4) or m.shape[-2:] != [H, W]:
+        raise InputError(f"displacement mask is {list(m.shape)}; the maps are {[H, W]}: give (S, S) or (N, 1, S, S)")
+    return m.reshape([1, 1, H, W]) if m.ndim == 2 else m
 
 
 class UVMap:
@@ -100,22 +98,26 @@ class UVMap:
         pix[..., 1] = S - pix[..., 1]  # rows grow downwards
         lo = np.clip(np.floor(pix.min(1) - 0.5).astype(int), 0, S - 1)
         hi = np.clip(np.ceil(pix.max(1) - 0.5).astype(int), 0, S - 1)
-        for i in range(len(uvf)):
-            (x0, y0), (x1, y1) = lo[i], hi[i]
-            cx, cy = np.meshgrid(np.arange(x0, x1 + 1) + 0.5, np.arange(y0, y1 + 1) + 0.5)
-            a, b, c = pix[i]
-            d = (b[0] - a[0]) * (c[1] - a[1]) - (c[0] - a[0]) * (b[1] - a[1])
-            if abs(d) < 1e-12:
-                continue
-            w1 = ((cx - a[0]) * (c[1] - a[1]) - (c[0] - a[0]) * (cy - a[1])) / d
-            w2 = ((b[0] - a[0]) * (cy - a[1]) - (cx - a[0]) * (b[1] - a[1])) / d
+        size = hi - lo + 1  # (F, 2) candidate box per triangle, vectorised over padded boxes
+        kx, ky = int(size[:, 0].max()), int(size[:, 1].max())
+        ox, oy = np.meshgrid(np.arange(kx), np.arange(ky))
+        for s0 in range(0, len(uvf), 2048):
+            sl = slice(s0, s0 + 2048)
+            cx = lo[sl, 0, None, None] + ox  # (f, ky, kx) texel columns / rows
+            cy = lo[sl, 1, None, None] + oy
+            ok = (ox < size[sl, 0, None, None]) & (oy < size[sl, 1, None, None])
+            a, b, c = (pix[sl, j, :, None, None] for j in range(3))  # (f, 2, 1, 1)
+            d = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1])
+            d = np.where(np.abs(d) < 1e-12, np.nan, d)
+            px, py = cx + 0.5, cy + 0.5
+            w1 = ((px - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (py - a[:, 1])) / d
+            w2 = ((b[:, 0] - a[:, 0]) * (py - a[:, 1]) - (px - a[:, 0]) * (b[:, 1] - a[:, 1])) / d
             w0 = 1.0 - w1 - w2
-            inside = (w0 >= -1e-9) & (w1 >= -1e-9) & (w2 >= -1e-9)
-            if not inside.any():
-                continue
-            ids = (np.floor(cy[inside]).astype(int) * S + np.floor(cx[inside]).astype(int))
-            face_id[ids] = i
-            bary[ids] = np.stack([w0[inside], w1[inside], w2[inside]], 1)
+            inside = ok & (w0 >= -1e-9) & (w1 >= -1e-9) & (w2 >= -1e-9)
+            fi, yi, xi = np.nonzero(inside)
+            ids = cy[fi, yi, xi] * S + cx[fi, yi, xi]
+            face_id[ids] = fi + s0
+            bary[ids] = np.stack([w0[fi, yi, xi], w1[fi, yi, xi], w2[fi, yi, xi]], 1)
         self.covered = (face_id >= 0).reshape(S, S)
         self.face_id = face_id
         self.bary = bary.astype(np.float32)
