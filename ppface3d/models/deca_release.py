@@ -1,9 +1,11 @@
 """DECA's released model in Paddle: ``deca_model.tar`` read safely (no torch, no pickle code run)
 and mapped onto DECA's three networks, plus DECA's ``data/`` folder files.
 
-    python tools/infer.py face3d --image x.jpg -c configs/deca_release.yml \\
-        -o model.deca_data=/path/DECA/data -o model.flame_model_path=/path/generic_model.pkl \\
-        -o model.checkpoint=/path/deca_model.tar --weights <converted .safetensors>   (see docs/released_models.md)
+    python tools/convert_deca.py -c configs/deca_release.yml --out deca.safetensors \\
+        -o model.checkpoint=/path/deca_model.tar -o model.deca_data=/path/DECA/data \\
+        -o model.flame_model_path=/path/generic_model.pkl
+    python tools/infer.py face3d --image x.jpg -c configs/deca_release.yml --weights deca.safetensors \\
+        -o model.deca_data=/path/DECA/data -o model.flame_model_path=/path/generic_model.pkl
 
     model = DECARelease(deca_data="DECA/data", flame_model_path="generic_model.pkl", checkpoint="deca_model.tar")
     codes = model.encode(images)     # images (N, 3, 224, 224) RGB in [0, 1], DECA's crop
@@ -270,10 +272,35 @@ class DECARelease(nn.Layer):
         return self.uvmap.dense_mesh(verts[0], normals[0], out["displacement_map"][i, 0], self.face_mask, texture)
 
 
-def convert(checkpoint: str, out_path: str, **model_args) -> str:
-    """Write DECA's released weights as this model's ``.safetensors`` (for ``--weights``)."""
-    from ppengine.checkpoint import save_weights
+def main(argv=None) -> int:
+    """``python tools/convert_deca.py -c configs/deca_release.yml --out x.safetensors -o model.checkpoint=...``"""
+    import argparse
+    import sys
 
-    model = DECARelease(checkpoint=checkpoint, **model_args)
-    save_weights(out_path, model)
-    return out_path
+    from ppengine.config import load_config
+    from ppengine.errors import PPError
+    from ppengine.trainer import build_model
+
+    p = argparse.ArgumentParser(prog="tools/convert_deca.py",
+                                description="Convert DECA's deca_model.tar (model.checkpoint) to safetensors "
+                                            "for tools/infer.py face3d --weights.")
+    p.add_argument("-c", "--config", default="configs/deca_release.yml")
+    p.add_argument("-o", "--override", action="append", default=[], help="config override key=value")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.override)
+        if not (cfg.get("model") or {}).get("checkpoint"):
+            raise ConfigError("model.checkpoint: give DECA's deca_model.tar (-o model.checkpoint=/path/deca_model.tar)")
+        if not args.out.endswith(".safetensors"):
+            raise InputError(f"--out {args.out!r}: write a .safetensors file")
+        from ppengine.checkpoint import save_weights
+
+        model = build_model(cfg)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        save_weights(args.out, model)  # written atomically by ppengine
+    except PPError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"DECA weights -> {args.out}")
+    return 0

@@ -42,17 +42,17 @@ class Bottleneck(tnn.Module):
 
 
 class ResNet50(tnn.Module):
-    def __init__(self):
+    def __init__(self, w=64):  # w: first-stage width (DECA 64; 16 keeps the end-to-end test's file small)
         super().__init__()
-        self.inplanes = 64
-        self.conv1 = tnn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = tnn.BatchNorm2d(64)
+        self.inplanes = w
+        self.conv1 = tnn.Conv2d(3, w, 7, stride=2, padding=3, bias=False)
+        self.bn1 = tnn.BatchNorm2d(w)
         self.relu = tnn.ReLU()
         self.maxpool = tnn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1 = self._make(64, 3)
-        self.layer2 = self._make(128, 4, 2)
-        self.layer3 = self._make(256, 6, 2)
-        self.layer4 = self._make(512, 3, 2)
+        self.layer1 = self._make(w, 3)
+        self.layer2 = self._make(2 * w, 4, 2)
+        self.layer3 = self._make(4 * w, 6, 2)
+        self.layer4 = self._make(8 * w, 3, 2)
 
     def _make(self, planes, blocks, stride=1):
         down = None
@@ -72,10 +72,10 @@ class ResNet50(tnn.Module):
 
 
 class ResnetEncoder(tnn.Module):
-    def __init__(self, outsize):
+    def __init__(self, outsize, w=64):
         super().__init__()
-        self.encoder = ResNet50()
-        self.layers = tnn.Sequential(tnn.Linear(2048, 1024), tnn.ReLU(), tnn.Linear(1024, outsize))
+        self.encoder = ResNet50(w)
+        self.layers = tnn.Sequential(tnn.Linear(32 * w, 16 * w), tnn.ReLU(), tnn.Linear(16 * w, outsize))
 
     def forward(self, x):
         return self.layers(self.encoder(x))
@@ -112,17 +112,23 @@ def _rel(a, b):
     return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
+def _deca_nets(path, w=64):
+    """DECA's three networks with random weights, saved as deca_model.tar at ``path``."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
-    nets = {"E_flame": ResnetEncoder(236), "E_detail": ResnetEncoder(128), "D_detail": Generator()}
+    nets = {"E_flame": ResnetEncoder(236, w), "E_detail": ResnetEncoder(128, w), "D_detail": Generator()}
     with torch.no_grad():
         for net in nets.values():
             _randomise_bn(net, gen)
             net.eval()
-    path = str(tmp_path_factory.mktemp("deca") / "deca_model.tar")
     torch.save({k: v.state_dict() for k, v in nets.items()}, path)
+    return nets
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("deca") / "deca_model.tar")
+    nets = _deca_nets(path)
     rng = np.random.default_rng(0)
     images = rng.random((2, 3, 64, 64), dtype=np.float32)
     with torch.no_grad():
@@ -200,3 +206,81 @@ def test_malicious_checkpoint_refused(tmp_path, zipped):
     with pytest.raises(UnsafePickleError, match="system"):
         DECARelease(checkpoint=p, image_size=64)
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- end to end
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "deca_release.yml")
+
+
+def _deca_data(folder):
+    """A DECA data/ folder in DECA's formats for the generated FLAME model: the landmark
+    embedding (np.save of a dict), the fixed displacement (256, 256) and the two UV mask PNGs."""
+    from PIL import Image
+
+    from ppface3d.flame.generate import build_generated_model
+
+    folder.mkdir()
+    np.save(folder / "landmark_embedding.npy", build_generated_model()[1], allow_pickle=True)
+    rng = np.random.default_rng(3)
+    np.save(folder / "fixed_displacement_256.npy", rng.normal(0, 1e-3, (256, 256)).astype(np.float32))
+    r, c = np.mgrid[:256, :256]
+    for name, radius in (("uv_face_eye_mask.png", 0.8), ("uv_face_mask.png", 0.7)):
+        m = ((r - 128) / 128.0) ** 2 + ((c - 128) / 128.0) ** 2 < radius ** 2
+        Image.fromarray(np.repeat((m * 255).astype(np.uint8)[..., None], 3, -1)).save(folder / name)
+    return folder
+
+
+def test_convert_and_infer_end_to_end(tmp_path):
+    """deca_model.tar (width-16 trunks: small file) -> tools/convert_deca.py -> tools/infer.py face3d
+    with configs/deca_release.yml: codes.npz holds E_flame's codes of DECA's crop (torch reference)."""
+    import skimage.data
+    from PIL import Image
+
+    from ppface3d.apps.cli import main as infer_main
+    from ppface3d.data.preprocess import FacePreprocessor
+    from ppface3d.models.deca_release import main as convert_main
+
+    tar = str(tmp_path / "deca_model.tar")
+    nets = _deca_nets(tar, w=16)
+    data = _deca_data(tmp_path / "data")
+    common = ["-o", f"model.deca_data={data}", "-o", "model.encoder_width=16"]
+    st = str(tmp_path / "deca.safetensors")
+    assert convert_main(["-c", CONFIG, "--out", st, "-o", f"model.checkpoint={tar}"] + common) == 0
+    assert convert_main(["-c", CONFIG, "--out", str(tmp_path / "x.safetensors")] + common) == 2  # no checkpoint
+    assert not (tmp_path / "x.safetensors").exists()
+    photo = str(tmp_path / "astro.jpg")
+    Image.fromarray(skimage.data.astronaut()).save(photo)
+    out = tmp_path / "out"
+    assert infer_main(["--image", photo, "--output", str(out), "-c", CONFIG, "--weights", st, "--no-progress"]
+                      + common) == 0
+    codes = np.load(out / "astro" / "codes.npz")
+    crop = FacePreprocessor(crop_size=224, scale=1.25)(photo).faces[0].image  # the crop infer used
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))[None].astype(np.float32))
+        ref = nets["E_flame"](x).numpy()
+        ref_detail = nets["E_detail"](x).numpy()
+    off = 0
+    for k, n in DECA_CODES.items():
+        assert codes[k].size == n, k
+        assert _rel(codes[k].reshape(1, n), ref[:, off:off + n]) <= 1e-4, k
+        off += n
+    assert codes["light"].shape == (1, 9, 3)
+    assert (out / "astro" / "mesh.obj").is_file() and (out / "astro" / "textured.png").is_file()
+    # the model's reconstruct (what infer calls) also gives DECA's detail code and detail maps
+    model = DECARelease(deca_data=str(data), encoder_width=16, checkpoint=tar)
+    model.eval()
+    r = model.reconstruct(paddle.to_tensor(x.numpy()))
+    assert _rel(r["codes"]["detail"].numpy(), ref_detail) <= 1e-4
+    assert r["displacement_map"].shape == [1, 1, 256, 256] and r["shape_detail"].shape == [1, 3, 224, 224]
+    verts, faces, _ = model.dense_mesh(r)
+    assert len(verts) == int(((model.face_mask > 0.5) & model.uvmap.covered).sum()) and len(faces) > 1000
+
+
+def test_deca_data_folder_errors(tmp_path):
+    from ppengine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not a folder"):
+        DECARelease(deca_data=str(tmp_path / "nope"))
+    (tmp_path / "d").mkdir()
+    with pytest.raises(InputError, match="landmark_embedding.npy is missing"):
+        DECARelease(deca_data=str(tmp_path / "d"))
