@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt requir
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test bench clean-venv
+.PHONY: install demo test lint bench clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,13 @@ install: $(STAMP)
 demo: install
 	$(PY) tools/demo.py
 
+# ruff (pyflakes + import order, ruff.toml) first, then the tests.
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 # Peer benchmarks: installs the peers (pyrender on Mesa's OSMesa; torch + smplx come with the
 # test requirements), then runs every bench/*.py, each printing one JSON line per case.

@@ -14,50 +14,14 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 from typing import Dict, Optional
 
 import numpy as np
 
 from .errors import CheckpointError
+from .io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401  (re-exported)
 
 CKPT_RE = re.compile(r"^ckpt_(\d{8})$")
-
-
-# ----------------------------------------------------------------------------- atomic files
-def atomic_write_bytes(path: str, data: bytes):
-    """Write ``data`` to ``path`` via a temp file in the same folder + fsync + rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str, text: str):
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 # ----------------------------------------------------------------------------- tensors <-> files
@@ -251,6 +215,12 @@ class CheckpointManager:
                 out.append((int(m.group(1)), os.path.join(self.root, d)))
         return [p for _, p in sorted(out)]
 
+    @staticmethod
+    def is_checkpoint(path: str) -> bool:
+        """Is ``path`` a complete ``ckpt_XXXXXXXX`` folder?"""
+        return bool(CKPT_RE.match(os.path.basename(os.path.normpath(path)))) and os.path.isfile(
+            os.path.join(path, "state.json"))
+
     def latest(self) -> Optional[str]:
         ckpts = self.list()
         return ckpts[-1] if ckpts else None
@@ -262,14 +232,10 @@ class CheckpointManager:
             if d.startswith(".tmp_ckpt_"):
                 shutil.rmtree(os.path.join(self.root, d), ignore_errors=True)
         final = os.path.join(self.root, f"ckpt_{step:08d}")
-        tmp = tempfile.mkdtemp(prefix=f".tmp_ckpt_{step:08d}_", dir=self.root)
-        for stem, tensors in files.items():
-            save_tensors(os.path.join(tmp, f"{stem}.safetensors"), tensors)
-        atomic_write_json(os.path.join(tmp, "state.json"), state)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(self.root)
+        with atomic_dir(final, prefix=f".tmp_ckpt_{step:08d}_") as tmp:
+            for stem, tensors in files.items():
+                save_tensors(os.path.join(tmp, f"{stem}.safetensors"), tensors)
+            atomic_write_json(os.path.join(tmp, "state.json"), state)
         for old in self.list()[:-self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         return final
@@ -301,14 +267,3 @@ def resolve_resume(path: str) -> str:
     if latest is None:
         raise CheckpointError(f"--resume {path!r}: no checkpoint found there (expected ckpt_XXXXXXXX/state.json)")
     return latest
-
-
-def _fsync_dir(path: str):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass

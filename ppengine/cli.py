@@ -48,7 +48,7 @@ def eval_main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     a = p.parse_args(argv)
     try:
-        from .checkpoint import atomic_write_json
+        from .io import atomic_write_json
         from .trainer import Trainer
 
         cfg = load_config(a.config, a.override)

@@ -38,16 +38,15 @@ _Loader.add_implicit_resolver(
 def yaml_load(text):
     return yaml.load(text, Loader=_Loader)
 
-# Top-level sections the engine knows. Zoos may add their own with register_section().
+# Top-level sections the engine knows.
 SECTIONS = {
-    "_base_", "description", "model", "data", "optimizer", "lr_scheduler", "train",
-    "metrics", "callbacks", "eval", "export", "infer",
+    "_base_", "description", "model", "data", "optimizer", "lr_scheduler", "train", "metrics", "callbacks",
 }
-
-
-def register_section(name: str):
-    """Allow a top-level config section beyond the engine's own (for a zoo package)."""
-    SECTIONS.add(name)
+# Keys of older configs and where their content lives now: a config that still has one is an
+# error naming the new place.
+RENAMED = {
+    "infer": "model.sampler (sampler defaults are model arguments: {type: ddim, steps: 25, guidance_scale: 7.5})",
+}
 
 
 class Config(dict):
@@ -68,23 +67,12 @@ class Config(dict):
             parts.pop()
         return self.path
 
-    def get_path(self, key_path: str, default=None):
-        node: Any = self
-        for part in key_path.split("."):
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.lstrip("-").isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                return default
-        return node
-
     def to_yaml(self) -> str:
         return yaml.safe_dump(_plain(self), sort_keys=False, allow_unicode=True)
 
     def save(self, path: str):
         """Write the resolved config (atomically)."""
-        from .checkpoint import atomic_write_text
+        from .io import atomic_write_text
 
         atomic_write_text(path, self.to_yaml())
 
@@ -255,6 +243,8 @@ def resolve_references(cfg: Config) -> None:
 
 def check_sections(cfg: Config):
     for k in cfg:
+        if k in RENAMED:
+            raise ConfigError(f"{cfg.source_of(k)}: {k}: this section was renamed: use {RENAMED[k]}")
         if k not in SECTIONS:
             near = nearest(k, SECTIONS - {"_base_"})
             hint = f" Did you mean {near!r}?" if near else ""

@@ -71,10 +71,6 @@ class RunLogger:
             self.writer.close()
             self.writer = None
 
-    @property
-    def has_writer(self) -> bool:
-        return self.writer is not None
-
 
 def progress(total: int, initial: int = 0, enabled: bool = True, desc: str = "train", leave: bool = True):
     """A tqdm bar (it/s is shown by tqdm; loss and lr go in the postfix)."""

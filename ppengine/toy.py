@@ -61,11 +61,17 @@ class ToyRegressor(paddle.nn.Layer):
 
 
 @MODELS.register()
-class ToyTwoOptim(ToyRegressor):
-    """The same regressor trained with two optimizers (one per layer) through ``train_step``."""
+class ToyGrouped(ToyRegressor):
+    """The regressor with a parameter group per layer (``first``, ``second``, and ``all``) and no
+    ``train_step``: the trainer steps one optimizer per group after one backward."""
 
     def param_groups(self):
-        return {"first": self.fc1.parameters(), "second": self.fc2.parameters()}
+        return {"first": self.fc1.parameters(), "second": self.fc2.parameters(), "all": self.parameters()}
+
+
+@MODELS.register()
+class ToyTwoOptim(ToyGrouped):
+    """The same regressor trained with two optimizers (one per layer) through ``train_step``."""
 
     def train_step(self, batch, optimizers, step):
         losses = self.losses(batch, self(batch))

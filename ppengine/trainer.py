@@ -1,7 +1,10 @@
 """The iteration-based trainer shared by every model in the library.
 
 A model supplies ``forward(batch) -> dict`` and ``losses(batch, outputs) -> dict`` (with
-``loss``), or ``train_step(batch, optimizers, step)`` when it needs several optimizers. A model
+``loss``), or ``train_step(batch, optimizers, step)`` when its optimizers need different losses
+(a GAN). Without a ``train_step``, several named optimizers (``optimizer: {enc: {..., params:
+enc}, dec: {..., params: dec}}``) all step after the one backward of ``loss``, each on its own
+parameter group; groups that share a parameter are a ConfigError at build time. A model
 with ``set_train_step(step)`` is told the (1-based) iteration before each one, e.g. to switch
 loss terms on in stages (resumed runs continue at the restored iteration).
 Everything else (optimizers, LR schedules, clipping, accumulation, AMP, EMA, evaluation,
@@ -21,11 +24,18 @@ import numpy as np
 import paddle
 
 from . import distributed as dist
-from .checkpoint import (CheckpointManager, atomic_write_json, load_weights, optimizer_state, resolve_resume,
-                         restore_optimizer, save_tensors)
+from .checkpoint import (
+    CheckpointManager,
+    load_weights,
+    optimizer_state,
+    resolve_resume,
+    restore_optimizer,
+    save_tensors,
+)
 from .config import Config, check_keys
 from .data import DataStream, eval_loader
 from .errors import ConfigError, TrainingDiverged
+from .io import atomic_write_json
 from .logging import RunLogger, progress
 from .registry import CALLBACKS, DATASETS, LR_SCHEDULERS, METRICS, MODELS, OPTIMIZERS, check_kwargs
 
@@ -128,6 +138,7 @@ class Trainer:
         self.tc = {**TRAIN_DEFAULTS, **tcfg}
         if output:
             self.tc["output"] = output
+            self.cfg["train"] = {**(self.cfg.get("train") or {}), "output": output}
         self.output = self.tc["output"]
         self.world_size, self.rank = dist.init()
         self.is_main = self.rank == 0
@@ -161,6 +172,7 @@ class Trainer:
         clip = self.tc["grad_clip"]
         groups = self.model.param_groups() if hasattr(self.model, "param_groups") else None
         self.optimizers, self.schedulers = {}, {}
+        owned = {}
         for name, oc in named.items():
             path = "optimizer" if name == "default" else f"optimizer.{name}"
             if not isinstance(oc, dict) or "type" not in oc:
@@ -190,6 +202,17 @@ class Trainer:
             self.optimizers[name] = OPTIMIZERS.build(oc, path, self.cfg, parameters=params, learning_rate=sched,
                                                      grad_clip=grad_clip)
             self.schedulers[name] = sched
+            owned[name] = {id(p) for p in params}
+        if len(owned) > 1 and not hasattr(self.model, "train_step"):
+            names = list(owned)
+            for i, a in enumerate(names):
+                for b in names[i + 1:]:
+                    if owned[a] & owned[b]:
+                        raise ConfigError(
+                            f"{self.cfg.source_of('optimizer')}: optimizer.{a} and optimizer.{b} share parameters: "
+                            f"without a train_step the trainer steps every optimizer after one backward, so each "
+                            f"needs its own 'params:' group (groups: {', '.join(groups or {}) or 'none'}); or give "
+                            f"{type(self.model).__name__} a train_step(batch, optimizers, step)")
 
     def _amp_enabled(self) -> bool:
         amp = self.tc["amp"]
@@ -306,13 +329,16 @@ class Trainer:
                     loss.backward()
                 for k, v in vals.items():
                     sums[k] = sums.get(k, 0.0) + v / accum
-            opt = self.optimizers["default"] if "default" in self.optimizers else next(iter(self.optimizers.values()))
+            # one backward, then every optimizer steps its own (disjoint, checked at build) parameters
+            for opt in self.optimizers.values():
+                if self.scaler is not None:
+                    self.scaler.step(opt)
+                else:
+                    opt.step()
             if self.scaler is not None:
-                self.scaler.step(opt)
                 self.scaler.update()
-            else:
-                opt.step()
-            opt.clear_grad()
+            for opt in self.optimizers.values():
+                opt.clear_grad()
             logs = sums
         for s in self.schedulers.values():
             s.step()
@@ -323,7 +349,7 @@ class Trainer:
         tc = self.tc
         os.makedirs(self.output, exist_ok=True)
         self.logger = RunLogger(self.output, enabled=self.is_main)
-        if self.is_main:
+        if self.is_main:  # the resolved config, beside the weights: what load_for_inference rebuilds from
             self.cfg.save(os.path.join(self.output, "config.yml"))
         self.ckpts = CheckpointManager(self.output, tc["keep_last"])
         train_set = build_dataset(self.cfg, "train")

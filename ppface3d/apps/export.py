@@ -3,43 +3,27 @@ normal map, .glb), renders (PNG), animations (GIF/MP4). Every file is written at
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Dict, Optional
 
 import numpy as np
 import paddle
 
+from ppengine.io import atomic_save
+from ppengine.io import save_png as _save_png
+from ppengine.io import to_uint8 as _to_uint8
+
 
 def _atomic(path: str, write):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=ext, dir=d)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_save(path, write)
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
     """(H, W, 3) float [0, 1] (or (3, H, W)) -> uint8."""
-    a = np.asarray(img)
-    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
-        a = a.transpose(1, 2, 0)
-    if a.dtype != np.uint8:
-        a = (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return a
+    return _to_uint8(img, (0.0, 1.0))
 
 
 def save_png(path: str, img: np.ndarray) -> str:
-    import imageio.v3 as iio
-
-    return _atomic(path, lambda t: iio.imwrite(t, to_uint8(img), extension=".png"))
+    return _save_png(path, img)
 
 
 def save_codes(path: str, codes: Dict[str, np.ndarray], **extra) -> str:

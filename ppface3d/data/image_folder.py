@@ -21,6 +21,7 @@ import numpy as np
 import paddle
 
 from ppengine.errors import InputError
+from ppengine.io import atomic_save
 from ppengine.registry import DATASETS
 
 from .io import list_images, load_image
@@ -31,10 +32,7 @@ _LMK_EXTS = (".npy", ".txt", ".pts")
 
 
 def _atomic_save_npy(path: str, arr: np.ndarray):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    atomic_save(path, lambda tmp: np.save(tmp, arr))
 
 
 @DATASETS.register()

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 
 import numpy as np
+
+from ppengine.io import make_temp_dir
 
 from .io import save_npy, save_pickle, write_obj
 
@@ -47,7 +48,7 @@ def default_model_path() -> str:
     if os.path.isfile(os.path.join(folder, ".complete")):
         return path
     os.makedirs(cache_dir(), exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=cache_dir(), prefix=".building-flame-")
+    tmp = make_temp_dir(folder)
     try:
         write_generated_model(tmp)
         with open(os.path.join(tmp, ".complete"), "w") as fh:

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from typing import Dict, Optional
 
 import numpy as np
 
 from ppengine.errors import InputError
-
-from .safe_pickle import load_npy, load_pickle
+from ppengine.io import atomic_write_bytes
+from ppengine.safe_load import load_npy, load_pickle
 
 FLAME_SOURCE_HINT = (
     "FLAME is licensed and cannot ship with this library: register and download it at "
@@ -233,21 +232,6 @@ def check_embedding(emb: LandmarkEmbedding, num_faces: int, source: str):
 
 
 # --------------------------------------------------------------------------- writers
-def atomic_write_bytes(path: str, data: bytes):
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_pickle(path: str, obj):
     atomic_write_bytes(path, pickle.dumps(obj, protocol=2))
 

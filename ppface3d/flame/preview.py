@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from ppengine.io import atomic_save
+
 
 def render_mesh(vertices, faces, size=256, yaw_deg=0.0, pitch_deg=0.0, colors=None, extent=0.21,
                 center=(0.0, -0.01, 0.0), landmarks=None, background=(255, 255, 255)):
@@ -132,9 +134,7 @@ def save_sheet(path, cells, ncol=4):
         r, c = divmod(i, ncol)
         canvas.paste(Image.fromarray(img), (c * w, r * (h + 18) + 18))
         draw.text((c * w + 4, r * (h + 18) + 3), title, fill=(0, 0, 0))
-    tmp = path + ".tmp.png"
-    canvas.save(tmp)
-    os.replace(tmp, path)
+    atomic_save(path, lambda tmp: canvas.save(tmp, format="PNG"))
 
 
 def main(argv=None):

@@ -7,6 +7,9 @@ Formats read:
 * ``diffusion_paddle_model.safetensors`` (ppdiffusers' default): Paddle layout, Linear (in, out).
 * ``model_state.pdparams`` (ppdiffusers with ``safe_serialization=False``): read with a
   restricted unpickler that only builds NumPy arrays (no code from the file runs).
+* ``diffusion_pytorch_model.bin`` (diffusers with ``safe_serialization=False``, a ``torch.save``
+  file): read with :func:`ppengine.safe_load.load_torch_checkpoint` (allow-list; no torch, no
+  code from the file runs).
 * sharded variants with a ``*.index.json``.
 
 The layout is told by the safetensors metadata ``format`` (``pt`` / ``pd``) or the file name.
@@ -30,6 +33,10 @@ PT_BIN = "diffusion_pytorch_model.bin"
 
 
 def _read_pdparams(path: str) -> Dict[str, np.ndarray]:
+    if path.endswith(".bin"):
+        from ppengine.safe_load import load_torch_checkpoint, torch_state_dict
+
+        return torch_state_dict(load_torch_checkpoint(path), path)
     return read_pdparams(path)
 
 
@@ -63,7 +70,8 @@ def read_folder_weights(folder: str, variant: str = None) -> Tuple[Dict[str, np.
     Returns:
         (name -> array, layout ``"pt"`` or ``"pd"``, file path read).
     """
-    candidates = [(_with_variant(n, variant), lay) for n, lay in ((PD_SAFE, "pd"), (PT_SAFE, "pt"), (PD_PARAMS, "pd"))]
+    candidates = [(_with_variant(n, variant), lay)
+                  for n, lay in ((PD_SAFE, "pd"), (PT_SAFE, "pt"), (PD_PARAMS, "pd"), (PT_BIN, "pt"))]
     for name, layout in candidates:
         path = os.path.join(folder, name)
         index = path + ".index.json"
@@ -86,10 +94,6 @@ def read_folder_weights(folder: str, variant: str = None) -> Tuple[Dict[str, np.
                     a = _read_pdparams(sp)
                 arrays.update(a)
             return arrays, {"pt": "pt", "pd": "pd"}.get(fmt, layout), index
-    if os.path.isfile(os.path.join(folder, PT_BIN)):
-        raise InputError(f"{folder}: only {PT_BIN} (a PyTorch pickle) was found. ppldm does not unpickle "
-                         f"PyTorch files; convert it once with diffusers (save_pretrained(..., "
-                         f"safe_serialization=True)) to get {PT_SAFE}.")
     present = sorted(f for f in os.listdir(folder) if f.endswith((".safetensors", ".pdparams", ".bin")))
     hint = f" Weight files present: {', '.join(present)} (pass variant=... for e.g. *.fp16.safetensors)." \
         if present else ""

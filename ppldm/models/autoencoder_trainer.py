@@ -17,6 +17,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ppengine.errors import ConfigError
+from ppengine.io import image_grid
 from ppengine.registry import MODELS
 
 from .autoencoder_kl import AutoencoderKL
@@ -26,12 +27,14 @@ AUTOENCODERS = {"kl": AutoencoderKL, "vq": VQModel}
 
 
 def build_autoencoder(spec: dict) -> nn.Layer:
-    """``{kind: kl|vq, ...constructor args}`` -> AutoencoderKL / VQModel (``weights`` is ignored here)."""
+    """``{type: kl|vq, ...constructor args}`` -> AutoencoderKL / VQModel (``weights`` is ignored here)."""
     spec = dict(spec or {})
     spec.pop("weights", None)
-    kind = spec.pop("kind", "kl")
+    if "kind" in spec:
+        raise ConfigError("model.autoencoder.kind was renamed: use model.autoencoder.type (kl or vq)")
+    kind = spec.pop("type", "kl")
     if kind not in AUTOENCODERS:
-        raise ConfigError(f"autoencoder.kind must be one of {list(AUTOENCODERS)}, got {kind!r}")
+        raise ConfigError(f"model.autoencoder.type must be one of {list(AUTOENCODERS)}, got {kind!r}")
     from ppengine.registry import check_kwargs
 
     check_kwargs(AUTOENCODERS[kind], spec, "model.autoencoder", what=f"autoencoder {kind!r}")
@@ -108,7 +111,7 @@ class AutoencoderTrainer(nn.Layer):
     with a discriminator, ``disc`` (params: disc).
 
     Args:
-        autoencoder: ``{kind: kl|vq, ...}`` constructor arguments of AutoencoderKL / VQModel.
+        autoencoder: ``{type: kl|vq, ...}`` constructor arguments of AutoencoderKL / VQModel.
         kl_weight, vq_weight, perceptual_weight: loss weights.
         disc: null (no GAN) or ``{start: step, weight: 0.5, channels: 32, layers: 2}``.
     """
@@ -116,8 +119,8 @@ class AutoencoderTrainer(nn.Layer):
     def __init__(self, autoencoder: dict = None, kl_weight: float = 1e-6, vq_weight: float = 1.0,
                  perceptual_weight: float = 0.5, disc: dict = None):
         super().__init__()
-        self.spec = dict(autoencoder or {"kind": "kl"})
-        self.kind = self.spec.get("kind", "kl")
+        self.spec = dict(autoencoder or {"type": "kl"})
+        self.kind = self.spec.get("type", "kl")
         self.ae = build_autoencoder(self.spec)
         in_ch = self.ae.config["in_channels"]
         self.kl_weight, self.vq_weight, self.perceptual_weight = float(kl_weight), float(vq_weight), float(perceptual_weight)
@@ -219,8 +222,6 @@ class AutoencoderTrainer(nn.Layer):
         return {"samples": rec}
 
     def visuals(self, batch, outputs):
-        from ..pipelines.images import grid
-
         x = batch["image"][:8].numpy()
         r = outputs["samples"][:8].numpy()
-        return {"reconstruction": grid(np.concatenate([x, r]), nrow=len(x))}
+        return {"reconstruction": image_grid(np.concatenate([x, r]), nrow=len(x), value_range=(-1, 1))}

@@ -15,9 +15,10 @@ super-resolution   none                                    ``lowres``: low-res i
 
 Training: ``forward(batch)`` encodes ``batch['image']`` (no gradient; per-item latents cached
 when ``cache_latents`` and the batch carries ``index``), scales the latent (fixed factor or
-1/std of the first batch), drops the condition with probability ``cond_drop`` (for
+1/std of the first batch), drops the condition with probability ``cond_drop_prob`` (for
 classifier-free guidance) and returns the diffusion objective. ``eval_step`` samples images
-for the metrics; :meth:`generate` is the inference entry point.
+for the metrics (in the data's [-1, 1]); :meth:`generate` is the inference entry point and
+returns float32 images (N, C, H, W) in [0, 1], like ``StableDiffusion.generate``.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ppengine.errors import ConfigError, InputError
+from ppengine.io import image_grid
 from ppengine.registry import MODELS, check_kwargs
 
 from ..conditioners import CONDITIONERS
@@ -41,7 +43,7 @@ CONCAT_MODES = (None, "inpaint", "lowres")
 
 
 class IdentityFirstStage(nn.Layer):
-    """A pass-through "first stage" (f = 1): diffusion in pixel space (``autoencoder: {kind:
+    """A pass-through "first stage" (f = 1): diffusion in pixel space (``autoencoder: {type:
     identity, in_channels: 3}``). ``encode`` / ``decode`` return their input."""
 
     def __init__(self, in_channels: int = 3):
@@ -72,19 +74,22 @@ class LatentDiffusion(nn.Layer):
     """Latent diffusion model (see the module docstring for the task table).
 
     Args:
-        autoencoder: ``{kind: kl|vq, weights: path, ...}``: the first stage (frozen). ``weights``
+        autoencoder: ``{type: kl|vq, weights: path, ...}``: the first stage (frozen). ``weights``
             is the ``final.safetensors`` / ``best.safetensors`` of an AutoencoderTrainer run; it
             may be absent when ``model.weights`` (a full LatentDiffusion checkpoint) is given.
-            ``{kind: identity, in_channels: 3}`` diffuses in pixel space (f = 1, no weights).
+            ``{type: identity, in_channels: 3}`` diffuses in pixel space (f = 1, no weights).
         unet: UNet arguments; ``in_channels``/``out_channels``/``concat_channels``/``context_dim``
             are filled in from the autoencoder, ``concat`` and the conditioner.
         conditioner: a conditioner config (``type: ClassEmbedder`` ...) or null.
         concat: null, ``inpaint`` or ``lowres``.
         diffusion: GaussianDiffusion arguments (T, beta schedule, prediction type, loss).
         scale_factor: latent scale; null = 1/std of the first training batch (LDM's scale_by_std).
-        cond_drop: probability of training a sample with the null condition.
-        sampler: defaults for sampling: ``{name: ddim, steps: 50, guidance_scale: 1.0, eta: 0.0,
+        cond_drop_prob: probability of training a sample with the null condition.
+        sampler: defaults for sampling: ``{type: ddim, steps: 50, guidance_scale: 1.0, eta: 0.0,
             paste: false}`` (``paste``: inpainting keeps the known pixels exactly).
+        sample_size: side in pixels of the images the model samples when no input image fixes it
+            (the training images' size; saved in the run's config.yml, so inference needs no data
+            section). Default 32.
         cache_latents: cache the first stage's posterior per ``batch['index']`` (in memory), and for
             inpainting the masked image's; the images and masks of an index must not change.
         lowres_factor: super-resolution factor (HR side / ``lr`` side); default: the first stage's
@@ -100,19 +105,21 @@ class LatentDiffusion(nn.Layer):
     """
 
     def __init__(self, autoencoder: dict, unet: dict = None, conditioner: dict = None, concat: str = None,
-                 diffusion: dict = None, scale_factor: Optional[float] = None, cond_drop: float = 0.1,
+                 diffusion: dict = None, scale_factor: Optional[float] = None, cond_drop_prob: float = 0.1,
                  sampler: dict = None, cache_latents: bool = True, lowres_factor: Optional[int] = None,
-                 residual: bool = False, grounding: dict = None):
+                 residual: bool = False, grounding: dict = None, sample_size: Optional[int] = None):
         super().__init__()
         if concat not in CONCAT_MODES:
             raise ConfigError(f"model.concat must be one of {CONCAT_MODES}, got {concat!r}")
         spec = dict(autoencoder or {})
-        self.ae_kind = spec.get("kind", "kl")
+        if "kind" in spec:
+            raise ConfigError("model.autoencoder.kind was renamed: use model.autoencoder.type (kl, vq or identity)")
+        self.ae_kind = spec.get("type", "kl")
         weights = spec.get("weights")
         if self.ae_kind == "identity":
-            unknown = set(spec) - {"kind", "weights", "in_channels"}
+            unknown = set(spec) - {"type", "weights", "in_channels"}
             if unknown:
-                raise ConfigError(f"model.autoencoder (kind identity) takes only in_channels, got {sorted(unknown)}")
+                raise ConfigError(f"model.autoencoder (type identity) takes only in_channels, got {sorted(unknown)}")
             self.ae = IdentityFirstStage(spec.get("in_channels", 3))
         else:
             self.ae = build_autoencoder(spec)
@@ -151,10 +158,16 @@ class LatentDiffusion(nn.Layer):
         check_kwargs(GaussianDiffusion, dcfg, "model.diffusion", what="diffusion")
         self.diffusion = GaussianDiffusion(**dcfg)
         self.scale = LatentScale(scale_factor if scale_factor is not None else 1.0, scale_by_std=scale_factor is None)
-        if not 0.0 <= float(cond_drop) <= 1.0:
-            raise ConfigError(f"model.cond_drop must be in [0, 1], got {cond_drop}")
-        self.cond_drop = float(cond_drop)
-        self.sampler_cfg = {"name": "ddim", "steps": 50, "guidance_scale": 1.0, "eta": 0.0, "paste": False}
+        if not 0.0 <= float(cond_drop_prob) <= 1.0:
+            raise ConfigError(f"model.cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
+        self.cond_drop_prob = float(cond_drop_prob)
+        self.sample_size = int(sample_size or 32)
+        if sample_size and self.sample_size % (self.f * self.unet.downsample_factor):
+            raise ConfigError(f"model.sample_size {sample_size} must be divisible by "
+                              f"{self.f * self.unet.downsample_factor} (first stage x UNet downsampling)")
+        self.sampler_cfg = {"type": "ddim", "steps": 50, "guidance_scale": 1.0, "eta": 0.0, "paste": False}
+        if "name" in (sampler or {}):
+            raise ConfigError("model.sampler.name was renamed: use model.sampler.type (ddim, ddpm, dpm_solver++, ...)")
         unknown = set(sampler or {}) - set(self.sampler_cfg)
         if unknown:
             raise ConfigError(f"model.sampler: unknown key(s) {sorted(unknown)}; valid: {sorted(self.sampler_cfg)}")
@@ -228,8 +241,10 @@ class LatentDiffusion(nn.Layer):
             z = z + base
         return self.ae.decode(z).clip(-1.0, 1.0)
 
-    def _lowres_base(self, batch, size: int) -> paddle.Tensor:
-        """Residual SR: the unscaled latent of ``batch['lr']`` bicubic-upsampled to ``size``."""
+    def lowres_base(self, batch, size: int) -> paddle.Tensor:
+        """Residual super-resolution: the unscaled first-stage latent (B, c, size/f, size/f) of
+        ``batch['lr']`` bicubic-upsampled to ``size`` pixels, the base the diffused residual is
+        added to (``decode(z, base)``)."""
         lr = batch["lr"].astype("float32")
         up = F.interpolate(lr, size=[size, size], mode="bicubic", align_corners=False).clip(-1.0, 1.0)
         return self._latent_from_moments(self._moments(up), False)
@@ -249,7 +264,10 @@ class LatentDiffusion(nn.Layer):
             kw["context"] = self.conditioner(values, drop=drop)
         return kw
 
-    def _concat(self, batch, h: int, w: int) -> Optional[paddle.Tensor]:
+    def concat_input(self, batch, h: int, w: int) -> Optional[paddle.Tensor]:
+        """The channels concatenated to the UNet's input at latent size ``h`` x ``w``, or None:
+        inpainting: the mask pooled to (B, 1, h, w) + the scaled latent of ``batch['masked_image']``;
+        super-resolution: ``batch['lr']`` (B, C, h, w) (resized when its size differs)."""
         if self.concat is None:
             return None
         if self.concat == "inpaint":
@@ -278,16 +296,16 @@ class LatentDiffusion(nn.Layer):
         if self.residual:
             if "lr" not in batch:
                 raise InputError(f"super-resolution needs batch['lr'] (keys: {', '.join(batch)})")
-            z = z - self._lowres_base(batch, int(x.shape[-1]))
+            z = z - self.lowres_base(batch, int(x.shape[-1]))
         if self.training:
             self.scale.fit(z)
         z = self.scale.scale(z)
         b, _, h, w = z.shape
         drop = None
-        if self.conditioner is not None and self.training and self.cond_drop > 0:
-            drop = np.random.rand(b) < self.cond_drop
+        if self.conditioner is not None and self.training and self.cond_drop_prob > 0:
+            drop = np.random.rand(b) < self.cond_drop_prob
         kw = self._cond(batch, b, drop)
-        cat = self._concat(batch, h, w)
+        cat = self.concat_input(batch, h, w)
         if cat is not None:
             kw["concat"] = cat
         if not (self.training and any(self.grounding.values())):
@@ -329,13 +347,23 @@ class LatentDiffusion(nn.Layer):
     def generate(self, batch: dict = None, n: int = None, size: int = None, guidance_scale: float = None,
                  steps: int = None, seed: int = 0, sampler: str = None, paste: bool = None,
                  progress: bool = False) -> paddle.Tensor:
-        """Sample images (B, C, H, W) in [-1, 1].
+        """Sample images: float32 (B, C, H, W) in [0, 1] (write them with ``ppengine.io.to_uint8``).
 
         ``batch`` holds the conditioning (``label`` / ``caption`` / ``boxes`` / ``mask`` +
-        ``image`` or ``masked_image`` / ``lr``); B is taken from it, or from ``n`` for
-        unconditional models. ``size``: image side (default: from ``batch``'s image, mask or lr,
-        else 32).
+        ``image`` or ``masked_image`` / ``lr``, inputs in [-1, 1] like the training data); B is
+        taken from it, or from ``n`` for unconditional models. ``size``: image side (default: from
+        ``batch``'s image, mask or lr, else ``sample_size``). Other arguments default to
+        ``model.sampler``.
         """
+        x = self.sample(batch, n=n, size=size, guidance_scale=guidance_scale, steps=steps, seed=seed,
+                        sampler=sampler, paste=paste, progress=progress)
+        return ((x + 1.0) * 0.5).clip(0.0, 1.0).astype("float32")
+
+    @paddle.no_grad()
+    def sample(self, batch: dict = None, n: int = None, size: int = None, guidance_scale: float = None,
+               steps: int = None, seed: int = 0, sampler: str = None, paste: bool = None,
+               progress: bool = False) -> paddle.Tensor:
+        """As :meth:`generate`, in the data's range: images (B, C, H, W) in [-1, 1]."""
         self._check_ready()
         sc = dict(self.sampler_cfg)
         g = float(sc["guidance_scale"] if guidance_scale is None else guidance_scale)
@@ -351,11 +379,11 @@ class LatentDiffusion(nn.Layer):
             raise InputError(f"image size {size} must be divisible by {self.f * self.unet.downsample_factor} for this model")
         h = w = size // self.f
         cond = self._cond(batch, b)
-        cat = self._concat(batch, h, w)
+        cat = self.concat_input(batch, h, w)
         if cat is not None:
             cond["concat"] = cat
         uncond = self._cond(batch, b, null=True) if (self.conditioner is not None and g != 1.0) else None
-        name = sampler or sc["name"]
+        name = sampler or sc["type"]
         sched = self.diffusion.scheduler(name)
         kwargs = {"eta": float(sc["eta"])} if name == "ddim" else {}
         was_training = self.training
@@ -364,7 +392,7 @@ class LatentDiffusion(nn.Layer):
                    num_inference_steps=steps, seed=seed, progress=progress, **kwargs)
         if was_training:
             self.train()
-        x = self.decode(z, self._lowres_base(batch, size) if self.residual else None)
+        x = self.decode(z, self.lowres_base(batch, size) if self.residual else None)
         if self.concat == "inpaint" and paste:
             m = batch["mask"].astype(x.dtype)
             known = batch["image"] if "image" in batch else batch["masked_image"]
@@ -386,17 +414,15 @@ class LatentDiffusion(nn.Layer):
                 return int(batch[k].shape[-1])
         if "lr" in batch:
             return int(batch["lr"].shape[-1]) * (self.lowres_factor if self.concat == "lowres" else 1)
-        return 32
+        return self.sample_size
 
     def eval_step(self, batch):
         """Samples conditioned like the batch (``outputs['samples']``, (B, C, H, W) in [-1, 1])."""
         self._eval_calls += 1
         cond_batch = {k: v for k, v in batch.items() if k != "image" or self.concat is not None}
         size = int(batch["image"].shape[-1])
-        x = self.generate(cond_batch, size=size, seed=1000 + self._eval_calls)
+        x = self.sample(cond_batch, size=size, seed=1000 + self._eval_calls)
         return {"samples": x}
 
     def visuals(self, batch, outputs):
-        from ..pipelines.images import grid
-
-        return {"samples": grid(outputs["samples"][:16], nrow=8, upscale=2)}
+        return {"samples": image_grid(outputs["samples"][:16], nrow=8, upscale=2, value_range=(-1, 1))}

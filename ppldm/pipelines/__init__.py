@@ -1,4 +1,5 @@
-"""Inference front ends: the ``tools/infer.py ldm`` command line, the ``make demo`` showcase and image helpers."""
-from .images import grid, read_image, save_png, to_uint8
+"""Inference front ends: the ``tools/infer.py ldm`` command line, the ``make demo`` showcase and
+reading user images (images are written with :mod:`ppengine.io`)."""
+from .images import read_image
 
-__all__ = ["grid", "read_image", "save_png", "to_uint8"]
+__all__ = ["read_image"]

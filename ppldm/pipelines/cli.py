@@ -1,16 +1,21 @@
-"""``python tools/infer.py ldm -c CONFIG [options]``: sample a trained latent-diffusion model to a PNG grid.
+"""``python tools/infer.py ldm --weights RUN [options]``: sample a trained latent-diffusion model.
 
 Examples::
 
-    tools/infer.py ldm -c configs/ldm/class2img_digits.yml --class 0 1 2 3 -n 4
-    tools/infer.py ldm -c configs/ldm/txt2img_shapes.yml --prompt "a red circle left of a blue square"
-    tools/infer.py ldm -c configs/ldm/layout2img_shapes.yml --boxes boxes.json
-    tools/infer.py ldm -c configs/ldm/inpaint_shapes.yml --image photo.png --mask mask.png
-    tools/infer.py ldm -c configs/ldm/sr_shapes.yml --lowres small.png
-    tools/infer.py ldm -c configs/ldm/uncond_digits.yml -n 16
+    tools/infer.py ldm --weights output/ldm/class2img_digits --class 0 1 2 3 -n 4
+    tools/infer.py ldm --weights output/ldm/txt2img_shapes --prompt "a red circle left of a blue square"
+    tools/infer.py ldm --weights output/ldm/layout2img_shapes --boxes boxes.json
+    tools/infer.py ldm --weights output/ldm/inpaint_shapes --image photo.png --mask mask.png
+    tools/infer.py ldm --weights output/ldm/sr_shapes --lowres small.png
+    tools/infer.py ldm --weights output/ldm/uncond_digits -n 16
+    tools/infer.py ldm -c configs/ldm/class2img_digits.yml --class 7      # weights: <train.output>
     tools/infer.py ldm -c configs/ldm/sd21_base.yml -o model.folder=/path/to/sd-2-1-base --prompt "an astronaut"
 
-The weights are ``--weights`` or, by default, ``<train.output>/final.safetensors`` of the config.
+``--weights`` is a training run's folder (its ``config.yml`` rebuilds the model; the weights are
+``final.safetensors``, else ``best.safetensors``, else the latest checkpoint) or a weights file
+in one. ``-c`` gives the config explicitly (then ``--weights`` defaults to its ``train.output``).
+``--output`` is a folder: ``grid.png`` (with the inputs beside the samples for inpainting and
+super-resolution) and one ``sample_NNN.png`` per sample.
 A boxes file is JSON: a list of ``[class, x0, y0, x1, y1]`` (coordinates in [0, 1]) where class
 is an integer or, for the shapes world, a name such as ``"red circle"``; or ``{"boxes": [...]}``.
 """
@@ -26,11 +31,13 @@ import numpy as np
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="tools/infer.py ldm", description=__doc__,
+    p = argparse.ArgumentParser(prog="tools/infer.py ldm", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--config", required=True, help="an LDM task config, e.g. configs/ldm/txt2img_shapes.yml")
-    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--weights", default=None, help="LatentDiffusion safetensors (default: <train.output>/final.safetensors)")
+    p.add_argument("--weights", default=None, help="a training run folder (with config.yml) or a weights file in one")
+    p.add_argument("-c", "--config", default=None,
+                   help="the model's config (default: the run's config.yml), e.g. configs/ldm/sd21_base.yml")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry, e.g. -o model.sampler.steps=50 (repeatable)")
     p.add_argument("--prompt", nargs="+", default=None, help="caption(s) for text-to-image")
     p.add_argument("--class", dest="classes", nargs="+", type=int, default=None, help="class label(s)")
     p.add_argument("--boxes", default=None, help="JSON file of boxes for layout-to-image")
@@ -42,7 +49,8 @@ def _parser():
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     p.add_argument("--sampler", default=None, help="ddim | ddpm | pndm | plms | dpm_solver++ | euler | euler_a")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output PNG (default: <train.output>/infer_<time>.png)")
+    p.add_argument("--output", default="output/ldm_infer",
+                   help="output folder: grid.png + sample_NNN.png (default output/ldm_infer)")
     return p
 
 
@@ -92,7 +100,7 @@ def build_batch(model, a, size: int):
 
     from ppengine.errors import InputError
 
-    from ..pipelines.images import read_image
+    from .images import read_image
 
     n = max(1, int(a.num))
     cond = model.conditioner
@@ -129,83 +137,94 @@ def build_batch(model, a, size: int):
     return batch, nrow
 
 
-def run(a) -> str:
-    import paddle
+def write_samples(folder: str, samples, grid_images=None, nrow: int = 8, upscale: int = 1, pad: int = 1) -> list:
+    """Samples (N, C, H, W) in [0, 1] -> ``folder/sample_NNN.png`` each and ``folder/grid.png``
+    (of ``grid_images``, default the samples). Returns the paths written."""
+    from ppengine.io import image_grid, save_png, to_uint8
 
-    from ppengine import load_config
-    from ppengine.checkpoint import load_weights
+    check_output(folder)
+    os.makedirs(folder, exist_ok=True)
+    paths = [save_png(os.path.join(folder, f"sample_{i:03d}.png"), im) for i, im in enumerate(to_uint8(samples))]
+    sheet = image_grid(samples if grid_images is None else grid_images, nrow=nrow, upscale=upscale, pad=pad)
+    return [save_png(os.path.join(folder, "grid.png"), sheet)] + paths
+
+
+def check_output(folder: str):
+    from ppengine.errors import InputError
+
+    if folder.lower().endswith((".png", ".jpg", ".jpeg")) or os.path.isfile(folder):
+        raise InputError(f"--output {folder!r}: --output is a folder (grid.png and sample_NNN.png go inside it)")
+
+
+def load_model(a):
+    """The model of ``--weights`` / ``-c`` -> (model, cfg)."""
+    from ppengine import load_config, load_for_inference
     from ppengine.errors import InputError
     from ppengine.trainer import build_model
 
-    from .images import grid, save_png
+    cfg = load_config(a.config, a.override) if a.config else None
+    if cfg is not None and (cfg.get("model") or {}).get("type") == "StableDiffusion" and not a.weights:
+        if not (cfg["model"].get("folder") or cfg["model"].get("weights")):
+            raise InputError(f"{a.config}: Stable Diffusion weights are not shipped: give the diffusers pipeline "
+                             f"folder with -o model.folder=/path/to/stable-diffusion-2-1-base")
+        model = build_model(cfg)
+        model.eval()
+        return model, cfg
+    weights = a.weights
+    if weights is None:
+        if cfg is None:
+            raise InputError("give --weights RUN_FOLDER (a training run, e.g. output/ldm/class2img_digits) "
+                             "or -c CONFIG (its train.output is used)")
+        weights = (cfg.get("train") or {}).get("output", "output/ldm")
+        if not os.path.exists(weights):
+            raise InputError(f"{weights!r} not found: train first (python tools/train.py -c {a.config}) "
+                             f"or pass --weights RUN_FOLDER")
+    return load_for_inference(weights, a.override, config=a.config)
 
-    cfg = load_config(a.config, a.override)
-    out_dir = (cfg.get("train") or {}).get("output", "output/ldm")
-    if (cfg.get("model") or {}).get("type") == "StableDiffusion":
-        return run_stable_diffusion(cfg, a, out_dir)
-    weights = a.weights or (cfg.get("model") or {}).get("weights") or os.path.join(out_dir, "final.safetensors")
-    if not os.path.isfile(weights):
-        raise InputError(f"weights {weights!r} not found: train first (python tools/train.py -c {a.config}) "
-                         f"or pass --weights PATH")
-    cfg["model"] = {**cfg["model"], "weights": None}
-    model = build_model(cfg)
+
+def run(a) -> list:
+    """Sample the model of ``--weights`` / ``-c`` into the ``--output`` folder; returns the files."""
+    import paddle
+    import paddle.nn.functional as F
+
+    from ppengine.errors import InputError
+
+    check_output(a.output)
+    model, cfg = load_model(a)
+    if type(model).__name__ == "StableDiffusion":
+        return run_stable_diffusion(model, a)
     if type(model).__name__ != "LatentDiffusion":
-        raise InputError(f"{a.config} does not describe a LatentDiffusion model (model.type is "
-                         f"{cfg['model'].get('type')!r}); give a task config such as configs/ldm/txt2img_shapes.yml")
-    load_weights(model, weights)
-    model.eval()
-    val = (cfg.get("data") or {}).get("val") or (cfg.get("data") or {}).get("train") or {}
-    size = int(val.get("size", (val.get("base") or {}).get("size", 32)))
+        raise InputError(f"{cfg.path}: model.type is {cfg['model'].get('type')!r}, not a LatentDiffusion model; "
+                         f"give a diffusion run (e.g. output/ldm/class2img_digits)")
+    size = model.sample_size
     batch, nrow = build_batch(model, a, size)
     t0 = time.time()
-    x = model.generate(batch, n=a.num, size=size, guidance_scale=a.guidance, steps=a.steps, seed=a.seed,
+    x = model.generate(batch, n=a.num, guidance_scale=a.guidance, steps=a.steps, seed=a.seed,
                        sampler=a.sampler, paste=True, progress=True)
-    panels = [x]
-    if "image" in batch and "mask" in batch:  # inpainting: input | masked | result
-        panels = [batch["image"] * (1 - batch["mask"]), x]
+    size = int(x.shape[-1])
+    panels = None
+    if "image" in batch and "mask" in batch:  # inpainting: masked input | result
+        panels = [(batch["image"] * (1 - batch["mask"]) + 1) / 2, x]
     if "lr" in batch:
-        import paddle.nn.functional as F
-
-        panels = [F.interpolate(batch["lr"], size=[size, size], mode="nearest"), x]
-    img = grid(paddle.concat(panels, 0) if len(panels) > 1 else x, nrow=nrow, upscale=max(1, 128 // size))
-    out = a.out or os.path.join(out_dir, f"infer_{time.strftime('%Y%m%d_%H%M%S')}.png")
-    save_png(out, img)
-    print(f"wrote {out} ({x.shape[0]} samples in {time.time() - t0:.1f} s)")
-    return out
+        panels = [(F.interpolate(batch["lr"], size=[size, size], mode="nearest") + 1) / 2, x]
+    files = write_samples(a.output, x, paddle.concat(panels, 0) if panels else None, nrow=nrow,
+                          upscale=max(1, 128 // size))
+    print(f"wrote {files[0]} and {len(files) - 1} samples ({x.shape[0]} in {time.time() - t0:.1f} s)")
+    return files
 
 
-def run_stable_diffusion(cfg, a, out_dir: str) -> str:
+def run_stable_diffusion(model, a) -> list:
     """Text-to-image with Stable Diffusion 2.x weights given by path (``-o model.folder=...``)."""
     from ppengine.errors import InputError
-    from ppengine.trainer import build_model
 
-    from .images import save_png
-
-    if not (cfg["model"].get("folder") or cfg["model"].get("weights")):
-        raise InputError(f"{a.config}: Stable Diffusion weights are not shipped: give the diffusers pipeline "
-                         f"folder with -o model.folder=/path/to/stable-diffusion-2-1-base")
     if not a.prompt:
         raise InputError('give --prompt "a photo of an astronaut riding a horse"')
-    infer = dict(cfg.get("infer") or {})
-    for key, val in (("steps", a.steps), ("guidance_scale", a.guidance), ("sampler", a.sampler)):
-        if val is not None:
-            infer[key] = val
-    model = build_model(cfg)
-    model.eval()
     prompts = [p for p in a.prompt for _ in range(max(1, int(a.num)))]
     t0 = time.time()
-    images = model.generate(prompts, seed=a.seed, **infer)  # (B, H, W, 3) uint8
-    n = len(images)
-    cols = max(1, int(a.num))
-    rows = (n + cols - 1) // cols
-    h, w = images.shape[1:3]
-    sheet = np.zeros((rows * h, cols * w, 3), np.uint8)
-    for i, im in enumerate(images):
-        sheet[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = im
-    out = a.out or os.path.join(out_dir, f"sd_{time.strftime('%Y%m%d_%H%M%S')}.png")
-    save_png(out, sheet)
-    print(f"wrote {out} ({n} images in {time.time() - t0:.1f} s)")
-    return out
+    images = model.generate(prompts, seed=a.seed, steps=a.steps, guidance_scale=a.guidance, sampler=a.sampler)
+    files = write_samples(a.output, images, nrow=max(1, int(a.num)), pad=0)
+    print(f"wrote {files[0]} and {len(files) - 1} images ({len(images)} in {time.time() - t0:.1f} s)")
+    return files
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,4 @@
 """Config loading: _base_ inheritance, -o overrides, provenance and clear errors."""
-import os
 import textwrap
 
 import pytest

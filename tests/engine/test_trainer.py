@@ -1,7 +1,6 @@
 """Trainer behaviour on the toy model: schedules, clipping, accumulation, EMA, eval/best,
 NaN guard, callbacks, multi-optimizer train_step, exact resume, logging."""
 import json
-import math
 import os
 
 import numpy as np
@@ -208,6 +207,29 @@ def test_two_optimizers_through_train_step(toy_cfg):
     np.testing.assert_array_equal(t.model.fc2.weight.numpy(), w2)  # lr 0 group untouched
     assert np.abs(t.model.fc1.weight.numpy() - w1).max() > 1e-4
     assert set(t.optimizers) == {"first", "second"}
+
+
+def test_named_optimizers_without_train_step_all_step(toy_cfg):
+    """Several named optimizers and no train_step: each steps its own group after one backward
+    (it used to be only the first, silently); the result equals one optimizer over all parameters."""
+    common = ["model.dropout=0.0", "train.max_iters=4", "train.eval_interval=0", "train.save_interval=0",
+              "lr_scheduler={type: Constant}"]
+    one = Trainer(toy_cfg("model.type=ToyGrouped", "optimizer={type: SGD, lr: 0.1}", *common))
+    one.train()
+    two = Trainer(toy_cfg("model.type=ToyGrouped", *common, "train.output=" + one.output + "_two",
+                          "optimizer={a: {type: SGD, lr: 0.1, params: first}, b: {type: SGD, lr: 0.1, params: second}}"))
+    w0 = {k: v.numpy().copy() for k, v in two.model.state_dict().items()}
+    two.train()
+    for k, v in two.model.state_dict().items():
+        assert np.abs(v.numpy() - w0[k]).max() > 1e-6, f"{k} never stepped"
+        np.testing.assert_allclose(v.numpy(), one.model.state_dict()[k].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_named_optimizers_sharing_parameters_refused(toy_cfg):
+    from ppengine import ConfigError
+    cfg = toy_cfg("model.type=ToyGrouped", "optimizer={a: {type: SGD, lr: 0.1, params: all}, b: {type: SGD, lr: 0.1, params: second}}")
+    with pytest.raises(ConfigError, match="optimizer.a and optimizer.b share parameters.*train_step"):
+        Trainer(cfg).train()
 
 
 def test_bad_param_group_named(toy_cfg):

@@ -7,8 +7,14 @@ import paddle
 import pytest
 
 from ppengine.errors import ConfigError, InputError
-from ppldm.conditioners import (CONDITIONERS, ClassEmbedder, LayoutEmbedder, MiniLMEncoder, TextTransformer,
-                                tokenize_boxes)
+from ppldm.conditioners import (
+    CONDITIONERS,
+    ClassEmbedder,
+    LayoutEmbedder,
+    MiniLMEncoder,
+    TextTransformer,
+    tokenize_boxes,
+)
 from ppldm.conditioners.text import minilm_dir
 
 

@@ -10,8 +10,13 @@ from ppengine.errors import ConfigError, InputError
 from ppldm.conditioners.text import WordPieceTokenizer
 from ppldm.data.shapes import COLORS, ShapesWorld
 from ppldm.metrics.shapes import parse_caption
-from ppldm.models.grounding import (cross_attentions, grounding_loss, grounding_pixel_loss, keep_cross_attention,
-                                    phrase_token_mask)
+from ppldm.models.grounding import (
+    cross_attentions,
+    grounding_loss,
+    grounding_pixel_loss,
+    keep_cross_attention,
+    phrase_token_mask,
+)
 from ppldm.models.ldm import LatentDiffusion
 
 
@@ -162,11 +167,11 @@ def test_shapes_phrase_masks_follow_the_caption_order():
 
 
 def _tiny(**kw):
-    return LatentDiffusion(autoencoder={"kind": "identity", "in_channels": 3}, scale_factor=1.0,
+    return LatentDiffusion(autoencoder={"type": "identity", "in_channels": 3}, scale_factor=1.0,
                            unet={"block_channels": [16, 32], "layers_per_block": 1, "attention_resolutions": [1, 2],
                                  "head_channels": 16, "norm_groups": 8, "position_encoding": "sincos"},
                            conditioner={"type": "TextTransformer", "dim": 16, "depth": 1, "heads": 2,
-                                        "max_length": 16}, cond_drop=0.0, **kw)
+                                        "max_length": 16}, cond_drop_prob=0.0, **kw)
 
 
 def test_ldm_grounding_loss_trains_the_phrase_tokens():
@@ -200,7 +205,7 @@ def test_ldm_grounding_loss_trains_the_phrase_tokens():
 
 def test_ldm_grounding_needs_text_and_phrases():
     with pytest.raises(ConfigError, match="text conditioner"):
-        LatentDiffusion(autoencoder={"kind": "identity", "in_channels": 3}, grounding={"token": 1.0},
+        LatentDiffusion(autoencoder={"type": "identity", "in_channels": 3}, grounding={"token": 1.0},
                         unet={"block_channels": [16, 32], "layers_per_block": 1, "attention_resolutions": [2],
                               "head_channels": 16, "norm_groups": 8},
                         conditioner={"type": "ClassEmbedder", "n_classes": 10, "embed_dim": 16})

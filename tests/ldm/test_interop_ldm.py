@@ -5,11 +5,11 @@ import os
 import numpy as np
 import paddle
 import pytest
+from random_weights import randomize
 
 from ppengine.errors import CheckpointError, InputError
 from ppldm.diffusion import make_scheduler, sample
 from ppldm.interop import load_autoencoder, load_unet, save_autoencoder, save_unet
-from random_weights import randomize
 
 
 @pytest.fixture(scope="module")

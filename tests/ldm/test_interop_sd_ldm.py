@@ -6,9 +6,9 @@ import os
 import numpy as np
 import paddle
 import pytest
+from random_weights import randomize
 
 from ppengine.errors import InputError
-from random_weights import randomize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -70,14 +70,15 @@ def test_prompt_to_image_matches_pipeline(sd_folder):
     ctx = sd.encode_prompt("a red square")
     assert ctx.shape == [1, 77, 32]
     img = sd.generate("a red square", latents=noise, steps=3, guidance_scale=7.5, height=32, width=32,
-                      sampler="ddim", progress=False, output="float")
+                      sampler="ddim", progress=False).numpy().transpose(0, 2, 3, 1)  # (B, 3, H, W) in [0, 1]
     assert img.std() > 0.01
     np.testing.assert_allclose(img, expected, atol=1e-4)
     # the same pipeline written in diffusers' PyTorch layout (text encoder included)
     pipe.save_pretrained(str(folder) + "_pt", to_diffusers=True)
     sd_pt = StableDiffusion(folder=str(folder) + "_pt", diffusion={"prediction_type": "v"})
     np.testing.assert_allclose(sd_pt.generate("a red square", latents=noise, steps=3, guidance_scale=7.5, height=32,
-                                              width=32, progress=False, output="float"), expected, atol=1e-4)
+                                              width=32, progress=False).numpy().transpose(0, 2, 3, 1), expected,
+                               atol=1e-4)
     # fine-tuning step: the diffusion loss through the loaded UNet, VAE and text encoder frozen
     out = sd({"image": paddle.uniform([2, 3, 32, 32], min=-1, max=1), "caption": ["a", "b"]})
     out["loss"].backward()
@@ -97,10 +98,10 @@ def test_sd21_configs_build_at_reduced_width():
         assert sd.diffusion.prediction_type == pred and sd.vae.downsample_factor == 8
         assert [a.transformer_blocks[0].attn1.heads for a in sd.unet.down_blocks[0].attentions] == [2, 2]
         ctx = paddle.randn([1, 5, 24])
-        infer = dict(cfg["infer"], height=64, width=64, steps=2)
+        assert sd.sampler_cfg["type"] == "dpm_solver++" and sd.sample_size == (768 if pred == "v" else 512)
         img = sd.generate(context=ctx, uncond_context=paddle.zeros_like(ctx), seed=0, progress=False,
-                          **{k: v for k, v in infer.items() if k != "negative_prompt"})
-        assert img.shape == (1, 64, 64, 3) and img.dtype == np.uint8
+                          height=64, width=64, steps=2)  # the other sampler settings: model.sampler
+        assert img.shape == [1, 3, 64, 64] and img.dtype == paddle.float32
         with pytest.raises(InputError, match="text encoder"):
             sd.generate("a prompt", height=64, width=64, steps=1, progress=False)
     full = load_config(os.path.join(ROOT, "configs", "ldm", "sd21.yml"))["model"]
@@ -114,15 +115,16 @@ def test_infer_cli_runs_stable_diffusion_from_a_folder(sd_folder, tmp_path, caps
     from ppldm.pipelines.cli import main
 
     folder, _ = sd_folder
-    out = tmp_path / "sd.png"
+    out = tmp_path / "sd"
     cfg = os.path.join(ROOT, "configs", "ldm", "sd21.yml")
-    rc = main(["-c", cfg, "-o", f"model.folder={folder}", "-o", "infer.height=32", "-o", "infer.width=32",
-               "--prompt", "a red square", "a blue circle", "-n", "2", "--steps", "2", "--out", str(out)])
+    rc = main(["-c", cfg, "-o", f"model.folder={folder}", "-o", "model.sample_size=32",
+               "--prompt", "a red square", "a blue circle", "-n", "2", "--steps", "2", "--output", str(out)])
     assert rc == 0
     import imageio.v2 as imageio
-    sheet = imageio.imread(str(out))
+    sheet = imageio.imread(str(out / "grid.png"))
     assert sheet.shape == (64, 64, 3) and sheet.std() > 1
+    assert sorted(os.listdir(out)) == ["grid.png"] + [f"sample_{i:03d}.png" for i in range(4)]
     # no folder: a clear error, not a random-weight model
-    rc = main(["-c", cfg, "--prompt", "x", "--out", str(tmp_path / "none.png")])
+    rc = main(["-c", cfg, "--prompt", "x", "--output", str(tmp_path / "none")])
     assert rc == 2 and "model.folder" in capsys.readouterr().err
-    assert not (tmp_path / "none.png").exists()
+    assert not (tmp_path / "none").exists()

@@ -5,8 +5,18 @@ import pytest
 
 from ppldm.data import Digits, ShapesWorld, SuperResPairs
 from ppldm.data.shapes import render_scene
-from ppldm.metrics import (DigitAccuracy, DigitFID, InpaintingError, ReconstructionQuality, ShapesCaptionAccuracy,
-                           ShapesLayoutAccuracy, SuperResQuality, check_caption, detect, frechet_distance)
+from ppldm.metrics import (
+    DigitAccuracy,
+    DigitFID,
+    InpaintingError,
+    ReconstructionQuality,
+    ShapesCaptionAccuracy,
+    ShapesLayoutAccuracy,
+    SuperResQuality,
+    check_caption,
+    detect,
+    frechet_distance,
+)
 from ppldm.metrics.shapes import parse_caption
 
 

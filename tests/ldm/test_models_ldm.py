@@ -2,10 +2,10 @@
 import numpy as np
 import paddle
 import pytest
+from random_weights import randomize as _randomize
 
 from ppengine.errors import ConfigError, InputError
 from ppldm.models import Attention, AutoencoderKL, DiagonalGaussian, UNet, VQModel, set_attention_type
-from random_weights import randomize as _randomize
 
 
 def small_unet(**kw):

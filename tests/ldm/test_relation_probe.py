@@ -3,12 +3,15 @@ to the caption (same noise for every variant, deterministic)."""
 import numpy as np
 import paddle
 import pytest
+from diagnostics_loader import load_tool
 
 import ppldm  # noqa: F401
 from ppldm.data.shapes import ShapesWorld
 from ppldm.metrics.shapes import check_caption, parse_caption
 from ppldm.models.ldm import LatentDiffusion
-from ppldm.pipelines.relation_probe import main, relation_losses, reversed_caption
+
+_probe = load_tool("relation_probe")  # tools/diagnostics/relation_probe.py
+main, relation_losses, reversed_caption = _probe.main, _probe.relation_losses, _probe.reversed_caption
 
 
 def test_reversed_caption_inverts_only_the_relation():
@@ -31,7 +34,7 @@ def test_reversed_caption_inverts_only_the_relation():
 
 def test_relation_losses_share_noise_and_see_the_caption():
     paddle.seed(0)
-    m = LatentDiffusion(autoencoder={"kind": "identity", "in_channels": 3}, scale_factor=1.0,
+    m = LatentDiffusion(autoencoder={"type": "identity", "in_channels": 3}, scale_factor=1.0,
                         unet={"block_channels": [16, 32], "layers_per_block": 1, "attention_resolutions": [1, 2],
                               "head_channels": 16, "norm_groups": 8},
                         conditioner={"type": "TextTransformer", "dim": 16, "depth": 1, "heads": 2, "max_length": 16})

@@ -70,9 +70,8 @@ def test_task_trains_evaluates_and_infers(task, ae_weights, tmp_path):
     # evaluate as tools/eval.py does: a fresh Trainer with model.weights
     metrics = Trainer(_task_cfg(task, ae_weights, tmp_path, [f"model.weights={run}/final.safetensors"])).evaluate()
     assert METRIC_KEYS[task] in metrics and np.isfinite(metrics[METRIC_KEYS[task]])
-    # the CLI reads the trained weights and writes a PNG grid
-    args = ["-c", os.path.join(CFG, f"{task}.yml"), "--weights", str(run / "final.safetensors"), "-n", "2",
-            "--steps", "2", "--out", str(tmp_path / "grid.png"), "-o", f"model.autoencoder.weights={ae_weights['ae_digits' if 'digits' in task else 'ae_shapes']}"]
+    # the CLI rebuilds the model from the run folder alone (its config.yml) and writes a PNG grid
+    args = ["--weights", str(run), "-n", "2", "--steps", "2", "--output", str(tmp_path / "infer")]
     rgb = (np.random.default_rng(0).uniform(0, 255, (32, 32, 3))).astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "in.png")
     if task.startswith("class2img"):
@@ -91,8 +90,17 @@ def test_task_trains_evaluates_and_infers(task, ae_weights, tmp_path):
         Image.fromarray(rgb[:8, :8]).save(tmp_path / "lr.png")
         args += ["--lowres", str(tmp_path / "lr.png")]
     assert infer_main(args) == 0
-    img = np.asarray(Image.open(tmp_path / "grid.png"))
+    img = np.asarray(Image.open(tmp_path / "infer" / "grid.png"))
     assert img.ndim == 3 and img.shape[2] == 3 and img.std() > 0
+    samples = sorted(p for p in os.listdir(tmp_path / "infer") if p.startswith("sample_"))
+    assert len(samples) == (4 if task.startswith("class2img") else 2), samples  # -n 2 per condition
+    size = 16 if "digits" in task else 32
+    assert np.asarray(Image.open(tmp_path / "infer" / samples[0])).shape[:2] == (size, size)
+    if task == "class2img_digits":  # with -c (and a weights file) it still works
+        args = ["-c", os.path.join(CFG, f"{task}.yml"), "--weights", str(run / "final.safetensors"), "-n", "2",
+                "--steps", "2", "--output", str(tmp_path / "infer_c"), "--class", "3", "5",
+                "-o", f"model.autoencoder.weights={ae_weights['ae_digits']}"]
+        assert infer_main(args) == 0 and (tmp_path / "infer_c" / "grid.png").is_file()
 
 
 def test_cli_reports_missing_inputs(ae_weights, tmp_path, capsys):
@@ -127,7 +135,7 @@ def test_inpainting_paste_keeps_known_pixels_and_sampling_is_seeded(ae_weights, 
     a = model.generate(batch, steps=2, seed=3, paste=True).numpy()
     b = model.generate(batch, steps=2, seed=3, paste=False).numpy()
     keep = np.broadcast_to(mask < 0.5, a.shape)
-    np.testing.assert_allclose(a[keep], img.numpy()[keep], atol=1e-6)
+    np.testing.assert_allclose(a[keep], (img.numpy()[keep] + 1) / 2, atol=1e-6)  # generate(): [0, 1]
     np.testing.assert_allclose(a[~keep], b[~keep], atol=1e-5)
     c = model.generate(batch, steps=2, seed=4, paste=False).numpy()
     assert not np.allclose(b, c)
@@ -150,15 +158,15 @@ def test_inpainting_training_caches_image_and_masked_latents_by_index(ae_weights
     model.forward(batch)
     assert calls == [3, 3]  # image and masked image, each encoded once
     assert sorted(model._latent_cache) == sorted(model._masked_cache) == [5, 9, 11]
-    cached = model._concat(batch, 16, 16).numpy()
+    cached = model.concat_input(batch, 16, 16).numpy()
     assert calls == [3, 3]  # the concat came from the cache
     model.cache_latents = False
-    fresh = model._concat(batch, 16, 16).numpy()
+    fresh = model.concat_input(batch, 16, 16).numpy()
     assert calls == [3, 3, 3]
     np.testing.assert_allclose(cached, fresh, rtol=1e-5, atol=1e-5)
     model.cache_latents = True
     model.eval()
-    model._concat(batch, 16, 16)
+    model.concat_input(batch, 16, 16)
     assert calls == [3, 3, 3, 3]  # not training: encoded, not looked up
 
 
@@ -169,7 +177,7 @@ def test_guidance_uses_the_null_condition(ae_weights, tmp_path):
     g1 = model.generate(batch, size=16, steps=2, guidance_scale=1.0, seed=0).numpy()
     g3 = model.generate(batch, size=16, steps=2, guidance_scale=3.0, seed=0).numpy()
     assert not np.allclose(g1, g3)
-    # cond_drop = 1 trains only the null class: the context of every sample is the null embedding
+    # cond_drop_prob = 1 trains only the null class: the context of every sample is the null embedding
     ctx = model.conditioner([1, 8], drop=np.array([True, True])).numpy()
     np.testing.assert_allclose(ctx[0], model.conditioner.embedding.weight.numpy()[10][None], atol=1e-6)
 
@@ -179,7 +187,7 @@ def test_autoencoder_trainer_steps_with_discriminator(kind):
     from ppldm.models.autoencoder_trainer import AutoencoderTrainer
 
     paddle.seed(0)
-    ae = {"kind": kind, "in_channels": 3, "out_channels": 3, "block_channels": [8, 16], "layers_per_block": 1,
+    ae = {"type": kind, "in_channels": 3, "out_channels": 3, "block_channels": [8, 16], "layers_per_block": 1,
           "latent_channels": 4, "norm_groups": 4, "mid_attention": False}
     if kind == "vq":
         ae.update(num_codes=16)
@@ -222,7 +230,7 @@ def test_ldm_on_a_vq_first_stage(tmp_path):
     from ppldm.models.autoencoder_trainer import AutoencoderTrainer
     from ppldm.models.ldm import LatentDiffusion
 
-    ae = {"kind": "vq", "in_channels": 3, "out_channels": 3, "block_channels": [8, 16], "layers_per_block": 1,
+    ae = {"type": "vq", "in_channels": 3, "out_channels": 3, "block_channels": [8, 16], "layers_per_block": 1,
           "latent_channels": 4, "embed_dim": 3, "num_codes": 16, "norm_groups": 4, "mid_attention": False}
     paddle.seed(0)
     save_weights(str(tmp_path / "vq.safetensors"), AutoencoderTrainer(ae))

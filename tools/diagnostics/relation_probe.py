@@ -1,7 +1,6 @@
 """Does a text-to-image LatentDiffusion use the relation words of its captions? (docs/ldm_tasks.md)
 
-    python -m ppldm.pipelines.relation_probe -c configs/ldm/txt2img_shapes.yml \\
-        --weights output/ldm/txt2img_shapes/final.safetensors [--split val] [-n 96]
+    python tools/diagnostics/relation_probe.py --weights output/ldm/txt2img_shapes [--split val] [-n 96]
 
 For ``n`` two-object scenes of the shapes world it computes the model's denoising loss on the
 true latents at several timesteps (the same noise for every caption) with three captions per
@@ -13,19 +12,21 @@ make an ignoring model look systematically right or wrong on a small set).
 """
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
+import os
 import sys
 from typing import Dict, List, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from diag_common import load, parser  # noqa: E402
 
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
 def reversed_caption(caption: str) -> str:
     """"a red circle left of a blue square" -> "a red circle right of a blue square"."""
-    from ..data.shapes import caption_text
-    from ..metrics.shapes import parse_caption
+    from ppldm.data.shapes import caption_text
+    from ppldm.metrics.shapes import parse_caption
 
     objs, rel = parse_caption(caption)
     if rel is None:
@@ -60,31 +61,25 @@ def main(argv=None) -> int:
     import numpy as np
     import paddle
 
-    import ppldm  # noqa: F401
-    from ppengine import load_config
-    from ppengine.checkpoint import load_weights
     from ppengine.errors import ConfigError
-    from ppengine.registry import MODELS
+    from ppengine.io import atomic_write_json
+    from ppldm.data.shapes import ShapesWorld
+    from ppldm.metrics.shapes import parse_caption
 
-    from ..data.shapes import ShapesWorld
-    from ..metrics.shapes import parse_caption
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("-c", "--config", required=True)
-    p.add_argument("--weights", required=True)
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--split", default="val", choices=sorted(ShapesWorld.SPLIT_OFFSET))
     p.add_argument("-n", type=int, default=96, help="two-object scenes to score")
-    p.add_argument("--json", default=None)
-    p.add_argument("-o", "--opt", action="append", default=[])
+    p.add_argument("--json", default=None, help="also write the table to this JSON file")
     a = p.parse_args(argv)
-    cfg = load_config(a.config, a.opt)
-    m = MODELS.build(cfg["model"])
-    if getattr(m, "conditioner", None) is None or m.conditioner.key != "caption":
-        raise ConfigError(f"{a.config}: relation_probe needs a text-conditioned model (model.conditioner on captions)")
-    load_weights(m, a.weights)
-    m.eval()
-    val = cfg["data"].get("val") or {}
-    ds = ShapesWorld(a.split, size=int(val.get("size", 32)), num_samples=20 * a.n)
+
+    def text_model(m, cfg):
+        if getattr(m, "conditioner", None) is None or m.conditioner.key != "caption":
+            raise ConfigError(f"{cfg.path}: relation_probe needs a text-conditioned model (model.conditioner on "
+                              "captions)")
+
+    m, cfg = load(a, text_model)
+    val = (cfg.get("data") or {}).get("val") or {}
+    ds = ShapesWorld(a.split, size=int(val.get("size", m.sample_size)), num_samples=20 * a.n)
     two = (it for it in map(ds.__getitem__, range(len(ds))) if parse_caption(it["caption"])[1] is not None)
     items = list(itertools.islice(two, a.n))
     images = paddle.to_tensor(np.stack([it["image"] for it in items]))
@@ -94,8 +89,8 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['t']:>5} {r['true']:9.5f} {r['reversed']:9.5f} {r['empty']:9.5f}  {r['reversed'] - r['true']:+.5f}")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"config": a.config, "weights": a.weights, "n": len(items), "rows": rows}, f, indent=2)
+        atomic_write_json(a.json, {"config": cfg.path, "weights": cfg["model"].get("weights", a.weights),
+                                   "n": len(items), "rows": rows})
     return 0
 
 

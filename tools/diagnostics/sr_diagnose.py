@@ -1,7 +1,6 @@
 """Diagnostics for a trained super-resolution LatentDiffusion (docs/ldm_tasks.md):
 
-    python -m ppldm.pipelines.sr_diagnose -c configs/ldm/sr_shapes.yml \\
-        --weights output/ldm/sr_shapes/final.safetensors [-n 32]
+    python tools/diagnostics/sr_diagnose.py --weights output/ldm/sr_shapes [-n 32]
 
 On ``n`` validation pairs it prints: the value ranges of ``image`` and ``lr``; the first stage's
 own reconstruction PSNR on the HR images (the ceiling of any latent-space SR); bicubic PSNR; the
@@ -11,14 +10,17 @@ of x_t per step); and the final sample PSNR.
 """
 from __future__ import annotations
 
-import argparse
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from diag_common import load, parser  # noqa: E402
 
 
 def _psnr(a, b):
     import numpy as np
 
-    from ..metrics.common import images_01
+    from ppldm.metrics.common import images_01
 
     a, b = images_01(a), images_01(b)
     mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)
@@ -30,24 +32,23 @@ def main(argv=None) -> int:
     import paddle
     import paddle.nn.functional as F
 
-    import ppldm  # noqa: F401
-    from ppengine import load_config
-    from ppengine.checkpoint import load_weights
-    from ppengine.registry import DATASETS, MODELS
+    from ppengine.errors import ConfigError
+    from ppengine.trainer import build_dataset
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("-c", "--config", required=True)
-    p.add_argument("--weights", required=True)
-    p.add_argument("-n", type=int, default=32)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("-o", "--opt", action="append", default=[])
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("-n", type=int, default=32, help="validation pairs")
+    p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     a = p.parse_args(argv)
     paddle.seed(0)
-    cfg = load_config(a.config, a.opt)
-    m = MODELS.build(cfg["model"])
-    load_weights(m, a.weights)
-    m.eval()
-    ds = DATASETS.build(cfg["data"]["val"], "data.val")
+
+    def sr_model(m, cfg):
+        if getattr(m, "concat", None) != "lowres":
+            raise ConfigError(f"{cfg.path}: sr_diagnose needs a super-resolution model (model.concat: lowres)")
+
+    m, cfg = load(a, sr_model)
+    ds = build_dataset(cfg, "val")
+    if ds is None:
+        raise ConfigError(f"{cfg.path}: sr_diagnose needs data.val (pairs of image and lr)")
     items = [ds[i] for i in range(min(a.n, len(ds)))]
     batch = {k: paddle.to_tensor(np.stack([it[k] for it in items])) for k in ("image", "lr")}
     x, lr = batch["image"], batch["lr"]
@@ -59,10 +60,10 @@ def main(argv=None) -> int:
     print(f"bicubic PSNR {_psnr(up, x):.2f} dB")
     z_raw = m.encode(x)
     print(f"first-stage reconstruction PSNR on HR {_psnr(m.ae.decode(z_raw).clip(-1, 1), x):.2f} dB")
-    base = m._lowres_base(batch, size) if m.residual else None
+    base = m.lowres_base(batch, size) if m.residual else None
     z0 = m.scale.scale(z_raw - base if base is not None else z_raw)
     h = int(z0.shape[-1])
-    cat = m._concat(batch, h, h)
+    cat = m.concat_input(batch, h, h)
     d = m.diffusion
     ac = d.alphas_cumprod.numpy()
     rng = np.random.RandomState(1)
