@@ -110,8 +110,9 @@ class ResNetEncoder(nn.Layer):
         self.register_buffer("mean", paddle.to_tensor(_MEAN).reshape([1, 3, 1, 1]), persistable=False)
         self.register_buffer("std", paddle.to_tensor(_STD).reshape([1, 3, 1, 1]), persistable=False)
         if pretrained:
-            from ppengine.errors import InputError
             import os
+
+            from ppengine.errors import InputError
 
             if not os.path.isfile(pretrained):
                 raise InputError(f"encoder weights {pretrained!r} not found")
