@@ -116,12 +116,9 @@ def _read_mask(path: str, size: int) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _zero_init(enabled: bool):
-    """Build layers with constant-zero parameters (6x faster than ResNet-50's random init) when
-    a checkpoint will set all of them anyway."""
-    if not enabled:
-        yield
-        return
+def _zero_init():
+    """Build layers with constant-zero parameters (6x faster than ResNet-50's random init): this
+    model only runs released weights, which set every parameter."""
     from paddle.nn.initializer import Constant, set_global_initializer
 
     set_global_initializer(Constant(0.0), Constant(0.0))
@@ -136,7 +133,7 @@ class DECARelease(nn.Layer):
     """DECA as released: coarse + detail encoders and the detail decoder with DECA's weights.
 
     Args:
-        checkpoint: DECA's ``deca_model.tar`` (None: random weights, e.g. to load converted ones).
+        checkpoint: DECA's ``deca_model.tar`` (None: zero weights until converted ones are loaded, ``--weights``).
         deca_data: DECA's ``data/`` folder: ``landmark_embedding.npy``, ``fixed_displacement_256.npy``,
             ``uv_face_eye_mask.png``, ``uv_face_mask.png`` and the albedo ``FLAME_albedo_from_BFM.npz``
             (or ``FLAME_texture.npz``) are taken from it unless given by path. None: the generated
@@ -174,22 +171,11 @@ class DECARelease(nn.Layer):
         if albedo_path is None and deca_data is not None:
             albedo_path = next((os.path.join(deca_data, n) for n in ALBEDO_FILES
                                 if os.path.isfile(os.path.join(deca_data, n))), None)
-        self.image_size = int(image_size)
-        self.code_sizes = dict(DECA_CODES)
-        self.face = FaceModel(n_shape=DECA_CODES["shape"], n_exp=DECA_CODES["exp"], n_tex=DECA_CODES["tex"],
-                              image_size=self.image_size, uv_size=int(uv_size), flame_model_path=flame_model_path,
-                              flame_landmark_path=data_file("landmark_embedding.npy", flame_landmark_path),
-                              albedo_path=albedo_path, render_backend=render_backend)
-        with _zero_init(bool(checkpoint)):  # every parameter is overwritten by the checkpoint: skip random init
-            self.E_flame = DECAResNetEncoder(sum(DECA_CODES.values()), width=encoder_width)
-            self.E_detail = DetailEncoder(width=encoder_width)
-            self.D_detail = DetailDecoder()
-        S = int(detail_size)
-        self.uvmap = UVMap(self.face.uv_coords, self.face.uv_faces, self.face.faces, S)
-        covered = self.uvmap.covered.astype(np.float32)
+        landmarks = data_file("landmark_embedding.npy", flame_landmark_path)
         fixed = data_file("fixed_displacement_256.npy")
         eye = data_file("uv_face_eye_mask.png")
         face_mask = data_file("uv_face_mask.png")
+        S = int(detail_size)
         self.fixed_displacement = None
         if fixed is not None:
             from ppengine.safe_load import load_npy
@@ -198,10 +184,23 @@ class DECARelease(nn.Layer):
             if arr.shape != (S, S):
                 raise InputError(f"{fixed}: expected a ({S}, {S}) displacement map, got {arr.shape}")
             self.fixed_displacement = arr
-        self.face_eye_mask = _read_mask(eye, S) if eye else covered
-        self.face_mask = _read_mask(face_mask, S) if face_mask else covered
+        eye_mask = _read_mask(eye, S) if eye else None
+        region_mask = _read_mask(face_mask, S) if face_mask else None
+        self.image_size = int(image_size)
+        self.code_sizes = dict(DECA_CODES)
+        with _zero_init():  # released weights only (checkpoint / --weights): no random init to pay for
+            self.E_flame = DECAResNetEncoder(sum(DECA_CODES.values()), width=encoder_width)
+            self.E_detail = DetailEncoder(width=encoder_width)
+            self.D_detail = DetailDecoder()
         if states is not None:
             self.load_checkpoint(checkpoint, states)
+        self.face = FaceModel(n_shape=DECA_CODES["shape"], n_exp=DECA_CODES["exp"], n_tex=DECA_CODES["tex"],
+                              image_size=self.image_size, uv_size=int(uv_size), flame_model_path=flame_model_path,
+                              flame_landmark_path=landmarks, albedo_path=albedo_path, render_backend=render_backend)
+        self.uvmap = UVMap(self.face.uv_coords, self.face.uv_faces, self.face.faces, S)
+        covered = self.uvmap.covered.astype(np.float32)
+        self.face_eye_mask = eye_mask if eye_mask is not None else covered
+        self.face_mask = region_mask if region_mask is not None else covered
 
     def load_checkpoint(self, path: str, states: Optional[Dict[str, Dict[str, np.ndarray]]] = None) -> None:
         """Load DECA's ``deca_model.tar`` into E_flame, E_detail and D_detail (strict names and shapes)."""
