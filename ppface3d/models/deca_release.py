@@ -138,7 +138,9 @@ class DECARelease(nn.Layer):
             ``uv_face_eye_mask.png``, ``uv_face_mask.png`` and the albedo ``FLAME_albedo_from_BFM.npz``
             (or ``FLAME_texture.npz``) are taken from it unless given by path. None: the generated
             FLAME's defaults (no fixed displacement, details on every UV texel).
-        flame_model_path: FLAME 2020 ``generic_model.pkl`` (None: the generated FLAME model).
+        flame_model_path: FLAME 2020 ``generic_model.pkl`` (None: ``deca_data/generic_model.pkl`` when
+            there, as DECA keeps it, else the generated FLAME model). Its UV layout is read from
+            ``head_template.obj`` beside it.
         flame_landmark_path, albedo_path: override the ``deca_data`` files.
         image_size: DECA's input crop (224); uv_size: albedo map size (DECA 256).
         detail_size: the displacement map size (DECA's generator: 256).
@@ -171,6 +173,8 @@ class DECARelease(nn.Layer):
         if albedo_path is None and deca_data is not None:
             albedo_path = next((os.path.join(deca_data, n) for n in ALBEDO_FILES
                                 if os.path.isfile(os.path.join(deca_data, n))), None)
+        if flame_model_path is None and deca_data is not None and os.path.isfile(os.path.join(deca_data, "generic_model.pkl")):
+            flame_model_path = os.path.join(deca_data, "generic_model.pkl")  # where DECA keeps it
         landmarks = data_file("landmark_embedding.npy", flame_landmark_path)
         fixed = data_file("fixed_displacement_256.npy")
         eye = data_file("uv_face_eye_mask.png")
@@ -197,6 +201,9 @@ class DECARelease(nn.Layer):
         self.face = FaceModel(n_shape=DECA_CODES["shape"], n_exp=DECA_CODES["exp"], n_tex=DECA_CODES["tex"],
                               image_size=self.image_size, uv_size=int(uv_size), flame_model_path=flame_model_path,
                               flame_landmark_path=landmarks, albedo_path=albedo_path, render_backend=render_backend)
+        if self.face.uv_coords is None:
+            raise InputError(f"{flame_model_path}: this FLAME model has no UV layout; put DECA's head_template.obj "
+                             "beside it (DECA keeps generic_model.pkl and head_template.obj in its data/ folder)")
         self.uvmap = UVMap(self.face.uv_coords, self.face.uv_faces, self.face.faces, S)
         covered = self.uvmap.covered.astype(np.float32)
         self.face_eye_mask = eye_mask if eye_mask is not None else covered

@@ -217,13 +217,15 @@ CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "deca_re
 
 def _deca_data(folder):
     """A DECA data/ folder in DECA's formats for the generated FLAME model: the landmark
-    embedding (np.save of a dict), the fixed displacement (256, 256) and the two UV mask PNGs."""
+    embedding (copied from the generated FLAME cache), the fixed displacement (256, 256) and the two UV mask PNGs."""
+    import shutil
+
     from PIL import Image
 
-    from ppface3d.flame.generate import build_generated_model
+    from ppface3d.flame.generate import default_model_path
 
     folder.mkdir()
-    np.save(folder / "landmark_embedding.npy", build_generated_model()[1], allow_pickle=True)
+    shutil.copy(os.path.join(os.path.dirname(default_model_path()), "landmark_embedding.npy"), folder)
     rng = np.random.default_rng(3)
     np.save(folder / "fixed_displacement_256.npy", rng.normal(0, 1e-3, (256, 256)).astype(np.float32))
     r, c = np.mgrid[:256, :256]
@@ -287,3 +289,15 @@ def test_deca_data_folder_errors(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(InputError, match="landmark_embedding.npy is missing"):
         DECARelease(deca_data=str(tmp_path / "d"))
+
+
+def test_flame_without_uv_layout_is_refused(tmp_path):
+    import pickle
+
+    from ppengine.safe_load import load_pickle
+    from ppface3d.flame.generate import default_model_path
+
+    model = {k: v for k, v in load_pickle(default_model_path()).items() if k not in ("vt", "ft")}
+    (tmp_path / "generic_model.pkl").write_bytes(pickle.dumps(model, protocol=2))
+    with pytest.raises(InputError, match="no UV layout.*head_template.obj"):
+        DECARelease(flame_model_path=str(tmp_path / "generic_model.pkl"))
