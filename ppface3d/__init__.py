@@ -5,7 +5,7 @@ Each subpackage that registers something is imported here, explicitly.
 
     from ppface3d import FaceModel       # FLAME + albedo + renderer + camera, composed once
 """
-from .face_model import FaceModel, framing_camera, sh_ambient  # noqa: F401
 from . import data, losses, models  # noqa: E402,F401  (DECA: datasets, losses/metrics, models)
+from .face_model import FaceModel, framing_camera, sh_ambient  # noqa: F401
 
 __all__ = ["FaceModel", "framing_camera", "sh_ambient"]

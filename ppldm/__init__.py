@@ -3,5 +3,4 @@
 Importing the package registers its models, datasets and metrics with ppengine.
 Each subpackage that registers something is imported here, explicitly.
 """
-from . import conditioners, data, metrics, models  # noqa: F401,E402  (registers datasets, conditioners, checkers, models)
-from . import interop  # noqa: F401,E402  (registers StableDiffusion)
+from . import conditioners, data, interop, metrics, models  # noqa: F401  (registers datasets, conditioners, checkers, models, StableDiffusion)

@@ -18,8 +18,14 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from ..losses.deca_losses import (code_l2, eye_closure_loss, landmark_loss, lip_closure_loss,
-                                  light_regularizer, photometric_loss)
+from ..losses.deca_losses import (
+    code_l2,
+    eye_closure_loss,
+    landmark_loss,
+    light_regularizer,
+    lip_closure_loss,
+    photometric_loss,
+)
 
 
 class FaceFitter:

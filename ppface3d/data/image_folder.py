@@ -25,8 +25,14 @@ from ppengine.io import atomic_save
 from ppengine.registry import DATASETS
 
 from .io import list_images, load_image
-from .preprocess import (FacePreprocessor, apply_transform, deca_crop_transform, landmark_face_mask,
-                         read_landmark_file, warp_crop)
+from .preprocess import (
+    FacePreprocessor,
+    apply_transform,
+    deca_crop_transform,
+    landmark_face_mask,
+    read_landmark_file,
+    warp_crop,
+)
 
 _LMK_EXTS = (".npy", ".txt", ".pts")
 

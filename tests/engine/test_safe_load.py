@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from ppengine.errors import InputError
-from ppengine.safe_load import (TORCH_LEGACY_MAGIC, UnsafePickleError, load_torch_checkpoint, loads,
-                                torch_state_dict)
+from ppengine.safe_load import TORCH_LEGACY_MAGIC, UnsafePickleError, load_torch_checkpoint, loads, torch_state_dict
 
 
 def _np(t):

@@ -3,10 +3,9 @@ import os
 
 import numpy as np
 import pytest
+import skimage.data as skimage_data  # noqa: E402
 
 from ppengine.errors import InputError
-
-import skimage.data as skimage_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -320,8 +320,8 @@ def test_encoder_width_and_pool_options():
 
 def test_shape_diagnose_landmarks_match_the_dataset():
     """The landmark-bound diagnostic recomputes exactly the dataset's ground-truth landmarks."""
-    from tools.diagnostics.shape_diagnose import landmark_sets, normalise
     from ppface3d.data import SyntheticFaces
+    from tools.diagnostics.shape_diagnose import landmark_sets, normalise
 
     ds = SyntheticFaces(split="test", num_subjects=2, K=2, image_size=32, n_shape=20, n_exp=10, n_tex=10,
                         shape_components=5)

@@ -7,8 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from ppengine.errors import InputError
-from ppface3d.flame import FLAME, default_model_path, load_flame_model
-from ppface3d.flame import generate
+from ppface3d.flame import FLAME, default_model_path, generate, load_flame_model
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,15 @@ import pytest
 import scipy.sparse as sp
 
 from ppengine.errors import InputError
-from ppface3d.flame import (FLAME, UnsafePickleError, build_generated_model, load_flame_model,
-                            load_landmark_embedding, load_npy, load_pickle)
+from ppface3d.flame import (
+    FLAME,
+    UnsafePickleError,
+    build_generated_model,
+    load_flame_model,
+    load_landmark_embedding,
+    load_npy,
+    load_pickle,
+)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ import pytest
 import trimesh
 
 from ppengine.errors import InputError
-from ppface3d.render import PerspectiveCamera, interpolate, rasterize
-from ppface3d.render import _build
+from ppface3d.render import PerspectiveCamera, _build, interpolate, rasterize
 from ppface3d.render import raster as rz
 
 

@@ -9,10 +9,10 @@ import re
 import numpy as np
 import paddle
 import pytest
+from random_weights import randomize
 
 from ppengine.errors import CheckpointError, InputError
 from ppengine.safe_load import UnsafePickleError
-from random_weights import randomize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -69,10 +69,9 @@ def s2m_ratio(face, test, shapes: np.ndarray) -> Dict[str, float]:
 
 
 def main(argv=None) -> int:
+    import ppface3d  # noqa: F401  (registers)
     from ppengine.config import load_config
     from ppengine.registry import DATASETS
-
-    import ppface3d  # noqa: F401  (registers)
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-c", "--config", default="configs/deca.yml")
