@@ -271,6 +271,14 @@ def test_convert_and_infer_end_to_end(tmp_path):
         off += n
     assert codes["light"].shape == (1, 9, 3)
     assert (out / "astro" / "mesh.obj").is_file() and (out / "astro" / "textured.png").is_file()
+    assert _rel(codes["detail"], ref_detail) <= 1e-4  # codes.npz carries DECA's 128-d detail code too
+    # the released file itself, no conversion: as model.weights (the command) and as model.checkpoint
+    for i, how in enumerate([["-o", f"model.weights={tar}"], ["-o", f"model.checkpoint={tar}"]]):
+        o = tmp_path / f"direct{i}"
+        assert infer_main(["--image", photo, "--output", str(o), "-c", CONFIG, "--no-progress"] + how + common) == 0
+        direct = np.load(o / "astro" / "codes.npz")
+        for k in list(DECA_CODES) + ["detail"]:
+            np.testing.assert_allclose(direct[k], codes[k], rtol=1e-5, atol=1e-6)
     # the model's reconstruct (what infer calls) also gives DECA's detail code and detail maps
     model = DECARelease(deca_data=str(data), encoder_width=16, checkpoint=tar)
     model.eval()
