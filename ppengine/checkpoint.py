@@ -8,10 +8,8 @@ the previous checkpoints untouched and never a half-written one under a final na
 """
 from __future__ import annotations
 
-import io
 import json
 import os
-import pickle
 import re
 import shutil
 from typing import Dict, Optional
@@ -59,33 +57,16 @@ def save_weights(path: str, model, metadata: Optional[Dict[str, str]] = None):
     save_tensors(path, dict(model.state_dict()), metadata)
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler for ``.pdparams`` state dicts: builds NumPy arrays and plain containers only.
-
-    A pickle can run code on load; anything outside this list is refused, never called.
-    """
-
-    ALLOWED = {
-        ("collections", "OrderedDict"), ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
-        ("builtins", "tuple"), ("builtins", "list"), ("builtins", "dict"),
-    }
-
-    def find_class(self, module, name):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights pickle")
-
-
 def read_pdparams(path: str) -> Dict[str, np.ndarray]:
     """Read a Paddle ``.pdparams`` state dict without running code from it (arrays only)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"weights file not found: {path!r}")
+    from .safe_load import loads
+
     with open(path, "rb") as f:
         data = f.read()
     try:
-        obj = _ArrayUnpickler(io.BytesIO(data)).load()
+        obj = loads(data, path)  # the one allow-list unpickler: arrays and plain containers only
     except Exception as e:  # noqa: BLE001 - any failure is a bad file for the user
         raise CheckpointError(f"{path}: not a Paddle state dict of arrays ({e}). Save the weights as "
                               "safetensors instead.") from None

@@ -52,6 +52,10 @@ def _cfg(cfg) -> Config:
     return cfg if isinstance(cfg, Config) else Config(cfg or {})
 
 
+# weights files in an original project's format (torch.save): models that read them implement load_checkpoint(path)
+ORIGINAL_CHECKPOINT_EXTS = (".tar", ".pth", ".pt", ".ckpt", ".bin")
+
+
 def build_model(cfg, load: bool = True):
     """Build ``cfg['model']`` from the registry and load ``model.weights`` when given."""
     cfg = _cfg(cfg)
@@ -62,7 +66,10 @@ def build_model(cfg, load: bool = True):
         check(cfg)
     model = MODELS.build(mcfg, "model", cfg)
     if load and weights:
-        load_weights(model, weights)
+        if os.path.splitext(str(weights))[1].lower() in ORIGINAL_CHECKPOINT_EXTS and hasattr(model, "load_checkpoint"):
+            model.load_checkpoint(weights)  # a released checkpoint in its original format (e.g. DECA's .tar)
+        else:
+            load_weights(model, weights)
     return model
 
 

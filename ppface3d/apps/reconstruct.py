@@ -23,6 +23,7 @@ from ..render import ndc_to_pixels, pixels_to_ndc
 from ..render.draw import draw_landmarks
 
 CODE_KEYS = ("shape", "tex", "exp", "pose", "cam", "light")
+EXTRA_CODE_KEYS = ("detail",)  # written to codes.npz when the model gives them (DECA's 128-d detail code)
 
 
 class FaceReconstructor:
@@ -49,18 +50,23 @@ class FaceReconstructor:
 
         self.model = None
         self.fitter = None
-        if weights:
-            if not os.path.exists(weights):
+        cfg = None
+        if config:
+            from ppengine.config import load_config
+
+            cfg = load_config(config, list(overrides) + ([f"model.weights={weights}"] if weights else []))
+        m = (cfg.get("model") or {}) if cfg is not None else {}
+        configured = bool(m.get("weights") or m.get("checkpoint"))  # -o model.weights=... / DECA's deca_model.tar
+        if weights or configured:
+            if weights and not os.path.exists(weights):
                 raise InputError(f"weights {weights!r} not found (train with tools/train.py first, or "
                                  f"leave --weights out to fit each face by optimisation)")
-            if config:
-                from ppengine.config import load_config
+            if cfg is not None:
                 from ppengine.trainer import build_model
 
-                if not os.path.isfile(weights):
+                if weights and not os.path.isfile(weights):
                     raise InputError(f"--weights {weights!r}: with -c give a weights file; a run folder "
                                      "carries its own config.yml (leave -c out)")
-                cfg = load_config(config, list(overrides) + [f"model.weights={weights}"])
                 self.model = build_model(cfg)
             else:
                 from ppengine import load_for_inference
@@ -71,11 +77,6 @@ class FaceReconstructor:
             self.model.eval()
             face = self.model.face
         else:
-            m = {}
-            if config:
-                from ppengine.config import load_config
-
-                m = load_config(config, list(overrides)).get("model", {})
             face = FaceModel.from_config(m, image_size=fit_size)
             self.fitter = FaceFitter(face, image_size=fit_size, landmark_iters=fit_iters[0],
                                      photo_iters=fit_iters[1], progress=progress)
@@ -88,7 +89,7 @@ class FaceReconstructor:
     def _encode(self, face: FaceCrop) -> Dict[str, np.ndarray]:
         x = paddle.to_tensor(np.ascontiguousarray(face.image.transpose(2, 0, 1))[None])
         codes = self.model.reconstruct(x)["codes"]
-        return {k: v.numpy() for k, v in codes.items() if k in CODE_KEYS}
+        return {k: v.numpy() for k, v in codes.items() if k in CODE_KEYS or k in EXTRA_CODE_KEYS}
 
     def codes(self, face: FaceCrop) -> Dict[str, np.ndarray]:
         """FLAME/albedo/light/camera codes for one face, each (1, ...)."""

@@ -2,9 +2,11 @@
 
 The face model they are built on (FLAME + albedo + renderer) is :class:`ppface3d.FaceModel`.
 """
-from . import deca, identity  # noqa: F401  (registers DECA, IdentityFeatureNet)
+from . import deca, deca_release, identity  # noqa: F401  (registers DECA, DECARelease, IdentityFeatureNet)
 from .deca import DECA
+from .deca_release import DECARelease
+from .detail import DetailDecoder, DetailEncoder
 from .encoder import ResNetEncoder
 from .identity import IdentityFeatureNet
 
-__all__ = ["DECA", "ResNetEncoder", "IdentityFeatureNet"]
+__all__ = ["DECA", "DECARelease", "DetailDecoder", "DetailEncoder", "ResNetEncoder", "IdentityFeatureNet"]

@@ -150,3 +150,30 @@ class ResNetEncoder(nn.Layer):
         if aux is not None:
             out["aux_geometry"] = aux
         return out
+
+
+class DECAResNetEncoder(nn.Layer):
+    """DECA's ``ResnetEncoder``: ResNet-50 trunk -> global average -> 2048 -> 1024 -> ``outsize``.
+
+    Parameter names follow DECA's state dicts (``encoder.conv1.weight``, ``encoder.layer1.0.bn1``,
+    ..., ``layers.0.weight``, ``layers.2.weight``), so DECA's ``E_flame`` (outsize 236) and
+    ``E_detail`` (outsize 128) map onto it name by name (see :mod:`ppface3d.models.deca_release`).
+    Unlike :class:`ResNetEncoder` the images go in as DECA feeds them: RGB in [0, 1], no
+    mean / std normalisation. DECA pools with ``AvgPool2d(7)`` on the 7x7 map of a 224 input;
+    the global mean used here is the same there and also accepts other sizes.
+
+    Args:
+        outsize: output width (DECA: 236 for E_flame, 128 for E_detail).
+        width: first-stage channels (64 = DECA; narrower only for quick tests).
+    """
+
+    def __init__(self, outsize: int, width: int = 64):
+        super().__init__()
+        self.outsize = int(outsize)
+        self.encoder = resnet_trunk(50, int(width))
+        feat = 8 * int(width) * 4
+        self.layers = nn.Sequential(nn.Linear(feat, feat // 2), nn.ReLU(), nn.Linear(feat // 2, self.outsize))
+
+    def forward(self, images: paddle.Tensor) -> paddle.Tensor:
+        """images (B, 3, H, W) in [0, 1] -> (B, outsize)."""
+        return self.layers(self.encoder(images).mean([2, 3]))

@@ -164,9 +164,10 @@ def load_model(a):
 
     cfg = load_config(a.config, a.override) if a.config else None
     if cfg is not None and (cfg.get("model") or {}).get("type") == "StableDiffusion" and not a.weights:
-        if not (cfg["model"].get("folder") or cfg["model"].get("weights")):
+        if not (cfg["model"].get("folder") or cfg["model"].get("checkpoint") or cfg["model"].get("weights")):
             raise InputError(f"{a.config}: Stable Diffusion weights are not shipped: give the diffusers pipeline "
-                             f"folder with -o model.folder=/path/to/stable-diffusion-2-1-base")
+                             f"folder with -o model.folder=/path/to/stable-diffusion-2-1-base, or a single file with "
+                             f"-o model.checkpoint=/path/to/v2-1_512-ema-pruned.safetensors")
         model = build_model(cfg)
         model.eval()
         return model, cfg

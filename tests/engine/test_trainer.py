@@ -274,6 +274,6 @@ def test_pdparams_read_without_running_code(toy_cfg, tmp_path):
 
     bad = tmp_path / "evil.pdparams"
     bad.write_bytes(pickle.dumps({"fc1.weight": Evil()}))
-    with pytest.raises(CheckpointError, match="refusing to load"):
+    with pytest.raises(CheckpointError, match="refused to load.*system"):  # the one allow-list (safe_load)
         load_weights(other.model, str(bad))
     assert not (tmp_path / "pwned").exists()
