@@ -85,3 +85,28 @@ def test_quiet_keeps_own_deprecations_and_drops_dependencies():
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "own" in r.stderr and "dep" not in r.stderr and "ccache" not in r.stderr
+
+
+def test_every_entry_point_calls_quiet_before_its_heavy_imports():
+    """tools/*.py and the notebooks' first cells: quiet() comes before any other project or paddle import."""
+    import ast
+    import glob
+    import json
+
+    def check(src, where):
+        calls = [n.lineno for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Call)
+                 and getattr(n.func, "id", None) == "quiet"]
+        heavy = [n.lineno for n in ast.walk(ast.parse(src)) if isinstance(n, (ast.Import, ast.ImportFrom))
+                 and any((m or "").split(".")[0] in ("paddle", "ppface3d", "ppldm", "ppapp", "mediapipe", "ppengine")
+                         and m != "ppengine.quiet" for m in
+                         ([a.name for a in n.names] if isinstance(n, ast.Import) else [n.module]))]
+        assert calls, f"{where}: no quiet() call"
+        assert not heavy or min(calls) < min(heavy), f"{where}: an import (line {min(heavy)}) before quiet()"
+
+    tools = sorted(glob.glob(os.path.join(ROOT, "tools", "*.py")))
+    assert len(tools) >= 5
+    for f in tools:
+        check(open(f).read(), os.path.relpath(f, ROOT))
+    for nb in sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb"))):
+        cell = next(c for c in json.load(open(nb))["cells"] if c["cell_type"] == "code")
+        check("".join(cell["source"]), os.path.basename(nb))
