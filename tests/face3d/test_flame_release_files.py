@@ -120,7 +120,7 @@ def _texture_space(S=16, K=6, seed=0):
 
 def test_flame_texture_npz(tmp_path):
     """FLAME_texture.npz: mean (S, S, 3) and tex_dir (S, S, 3, K), BGR 0..255 (+ vt, ft)."""
-    from ppface3d.models.albedo import AlbedoModel, load_albedo_file
+    from ppface3d.flame.albedo import AlbedoModel, load_albedo_file
 
     mean, tex_dir = _texture_space()
     path = tmp_path / "FLAME_texture.npz"
@@ -143,7 +143,7 @@ def test_flame_texture_npz(tmp_path):
 
 def test_texture_npz_with_pickled_objects_is_refused(tmp_path):
     """An .npz holding an object array would need pickle: read with allow_pickle=False, refused."""
-    from ppface3d.models.albedo import load_albedo_file
+    from ppface3d.flame.albedo import load_albedo_file
 
     mean, tex_dir = _texture_space()
     np.savez(tmp_path / "FLAME_texture.npz", mean=mean, tex_dir=np.array([tex_dir, "x"], dtype=object))
