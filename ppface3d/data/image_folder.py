@@ -24,6 +24,7 @@ from ppengine.errors import InputError
 from ppengine.io import atomic_save
 from ppengine.registry import DATASETS
 
+from ..render.cameras import pixels_to_ndc
 from .io import list_images, load_image
 from .preprocess import (
     FacePreprocessor,
@@ -152,7 +153,7 @@ class FaceImageFolder(paddle.io.Dataset):
         crop = warp_crop(image, T, self.image_size)
         lm_crop = apply_transform(T, lm[:, :2])
         mask = landmark_face_mask(lm_crop, self.image_size)
-        lm_norm = np.concatenate([(lm_crop + 0.5) / self.image_size * 2.0 - 1.0, lm[:, 2:3]], 1)
+        lm_norm = np.concatenate([pixels_to_ndc(lm_crop, self.image_size), lm[:, 2:3]], 1)
         return crop.transpose(2, 0, 1), lm_norm.astype(np.float32), mask, T.astype(np.float32)
 
     def __getitem__(self, i: int) -> Dict[str, np.ndarray]:

@@ -9,12 +9,13 @@ import ppface3d  # noqa: F401
 @pytest.fixture(scope="module")
 def target():
     from ppface3d.data.synthetic import SyntheticFaces
+    from ppface3d.render import ndc_to_pixels
 
     ds = SyntheticFaces(split="test", num_subjects=2, K=1, image_size=64, n_shape=20, n_exp=10, n_tex=10,
                         max_jaw=0.15)
     s = ds[1]
     img = s["image"][0].transpose(1, 2, 0)
-    lm_px = (s["landmark"][0, :, :2] + 1.0) * 64 / 2.0 - 0.5
+    lm_px = ndc_to_pixels(s["landmark"][0, :, :2], 64)
     return {"image": img, "landmarks": lm_px}, s, ds
 
 
