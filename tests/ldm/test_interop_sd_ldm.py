@@ -1,32 +1,17 @@
 """StableDiffusion (ppldm UNet + VAE + CLIP text encoder from a pipeline folder) against
 ppdiffusers' StableDiffusionPipeline, and the SD 2.1 configs."""
-import json
 import os
 
 import numpy as np
 import paddle
 import pytest
-from random_weights import randomize
+from random_weights import randomize, write_byte_level_tokenizer
 
 from ppengine.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def write_byte_level_tokenizer(folder):
-    """A CLIP BPE vocabulary with only the 256 byte symbols (no merges): a real, tiny tokenizer."""
-    from paddlenlp.transformers.clip.tokenizer import bytes_to_unicode
-
-    chars = list(bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars])}
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "vocab.json"), "w") as f:
-        json.dump(vocab, f)
-    with open(os.path.join(folder, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n")
-    return len(vocab)
 
 
 @pytest.fixture(scope="module")

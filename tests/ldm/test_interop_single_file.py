@@ -2,14 +2,13 @@
 pipeline made by ppdiffusers with random weights is written in the original names with
 save_single_file, read back (as .safetensors, as a torch.save .ckpt, with the original YAML or
 from the shapes) and its UNet / VAE / text outputs compared with ppdiffusers' own modules."""
-import json
 import os
 import re
 
 import numpy as np
 import paddle
 import pytest
-from random_weights import randomize
+from random_weights import randomize, write_byte_level_tokenizer
 
 from ppengine.errors import CheckpointError, InputError
 from ppengine.safe_load import UnsafePickleError
@@ -17,19 +16,6 @@ from ppengine.safe_load import UnsafePickleError
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _tokenizer_folder(folder):
-    """A CLIP BPE vocabulary of the 256 byte symbols (no merges): a real, tiny tokenizer."""
-    from paddlenlp.transformers.clip.tokenizer import bytes_to_unicode
-
-    chars = list(bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars])}
-    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "vocab.json"), "w") as f:
-        json.dump(vocab, f)
-    with open(os.path.join(folder, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n")
-    return len(vocab)
 
 
 def make_pipeline(root, version):
@@ -41,7 +27,7 @@ def make_pipeline(root, version):
 
     from ppldm.diffusion import make_scheduler
 
-    n = _tokenizer_folder(str(root / "tok_src"))
+    n = write_byte_level_tokenizer(str(root / "tok_src"))
     tokenizer = CLIPTokenizer(str(root / "tok_src" / "vocab.json"), str(root / "tok_src" / "merges.txt"))
     v2 = version == "v2"
     text = randomize(CLIPTextModel(CLIPTextConfig(
