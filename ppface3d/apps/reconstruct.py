@@ -72,7 +72,7 @@ class FaceReconstructor:
                 from ppengine import load_for_inference
 
                 self.model, _ = load_for_inference(weights, overrides)
-            if not hasattr(self.model, "face") or not hasattr(self.model, "encode_test"):
+            if not hasattr(self.model, "face") or not hasattr(self.model, "encode_crops"):
                 raise InputError(f"{weights}: a {type(self.model).__name__} is not a face reconstruction model")
             self.model.eval()
             face = self.model.face
@@ -88,7 +88,7 @@ class FaceReconstructor:
     @paddle.no_grad()
     def _encode(self, face: FaceCrop) -> Dict[str, np.ndarray]:
         x = paddle.to_tensor(np.ascontiguousarray(face.image.transpose(2, 0, 1))[None])
-        codes = self.model.reconstruct(x)["codes"]
+        codes = self.model.encode_crops(x)  # codes only: the renders are made here, at render_size
         return {k: v.numpy() for k, v in codes.items() if k in CODE_KEYS or k in EXTRA_CODE_KEYS}
 
     def codes(self, face: FaceCrop) -> Dict[str, np.ndarray]:

@@ -121,20 +121,26 @@ class DECA(nn.Layer):
         return codes
 
     @paddle.no_grad()
-    def reconstruct(self, images: paddle.Tensor) -> Dict[str, paddle.Tensor]:
-        """Inference: face crops (N, 3, H, W) float [0, 1] (resized to ``image_size``) -> float
-        tensors: the codes (:meth:`encode_test`) under 'codes', the decoded geometry
-        ('vertices', 'landmarks2d', ...), and renders 'textured' / 'shape' (N, 3, S, S) in [0, 1]
-        with 'alpha' (N, 1, S, S). (What is written to disk goes through ``ppengine.io``.)"""
+    def encode_crops(self, images: paddle.Tensor) -> Dict[str, paddle.Tensor]:
+        """Face crops (N, 3, H, W) float [0, 1] of any size -> :meth:`encode_test` codes (the crops
+        resized to ``image_size``, area filter)."""
         import paddle.nn.functional as F
 
         if images.ndim != 4 or images.shape[1] != 3:
             from ppengine.errors import InputError
 
-            raise InputError(f"DECA.reconstruct: images must be (N, 3, H, W), got {list(images.shape)}")
+            raise InputError(f"DECA: face crops must be (N, 3, H, W), got {list(images.shape)}")
         if images.shape[-2:] != [self.image_size, self.image_size]:
             images = F.interpolate(images, size=[self.image_size, self.image_size], mode="area")
-        codes = self.encode_test(images)
+        return self.encode_test(images)
+
+    @paddle.no_grad()
+    def reconstruct(self, images: paddle.Tensor) -> Dict[str, paddle.Tensor]:
+        """Inference: face crops (N, 3, H, W) float [0, 1] (resized to ``image_size``) -> float
+        tensors: the codes (:meth:`encode_test`) under 'codes', the decoded geometry
+        ('vertices', 'landmarks2d', ...), and renders 'textured' / 'shape' (N, 3, S, S) in [0, 1]
+        with 'alpha' (N, 1, S, S). (What is written to disk goes through ``ppengine.io``.)"""
+        codes = self.encode_crops(images)
         out = self.decode(codes, render=True)
         out.update(codes=codes, textured=out.pop("image"), shape=self.face.render(out, mode="shape")["images"])
         return out

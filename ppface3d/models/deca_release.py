@@ -243,6 +243,19 @@ class DECARelease(nn.Layer):
     def encode_test(self, images: paddle.Tensor) -> Dict[str, paddle.Tensor]:
         return self.encode(images)
 
+    @paddle.no_grad()
+    def encode_crops(self, images: paddle.Tensor) -> Dict[str, paddle.Tensor]:
+        """Face crops (N, 3, H, W) in [0, 1] of any size -> DECA's codes (with 'detail'), the crops
+        resized to 224 (bilinear)."""
+        import paddle.nn.functional as F
+
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise InputError(f"DECARelease: face crops must be (N, 3, H, W), got {list(images.shape)}")
+        if images.shape[-2:] != [self.image_size, self.image_size]:
+            images = F.interpolate(images, size=[self.image_size, self.image_size], mode="bilinear",
+                                   align_corners=False)
+        return self.encode(images)
+
     def displacement(self, codes: Dict[str, paddle.Tensor]) -> paddle.Tensor:
         """D_detail's (N, 1, 256, 256) displacement from codes 'detail', 'exp' and the jaw pose."""
         return self.D_detail.displacement(codes["detail"], codes["exp"], codes["pose"][:, 3:6])
@@ -278,14 +291,7 @@ class DECARelease(nn.Layer):
         """Inference (the reconstructor's contract, as :meth:`DECA.reconstruct`): face crops
         (N, 3, H, W) in [0, 1], resized to 224 -> 'codes' (with 'detail'), geometry, 'textured',
         'shape', 'shape_detail', 'alpha', 'displacement_map', 'uv_detail_normals'."""
-        import paddle.nn.functional as F
-
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise InputError(f"DECARelease.reconstruct: images must be (N, 3, H, W), got {list(images.shape)}")
-        if images.shape[-2:] != [self.image_size, self.image_size]:
-            images = F.interpolate(images, size=[self.image_size, self.image_size], mode="bilinear",
-                                   align_corners=False)
-        codes = self.encode(images)
+        codes = self.encode_crops(images)
         out = self.decode(codes, render=True)
         out.update(codes=codes, textured=out.pop("image"), shape=self.face.render(out, mode="shape")["images"])
         return out
