@@ -2,11 +2,14 @@
 
 The face model they are built on (FLAME + albedo + renderer) is :class:`ppface3d.FaceModel`.
 """
-from . import deca, deca_release, identity  # noqa: F401  (registers DECA, DECARelease, IdentityFeatureNet)
+from . import deca, deca_release, identity, mica  # noqa: F401  (registers DECA, DECARelease, IdentityFeatureNet, MICA)
 from .deca import DECA
 from .deca_release import DECARelease
 from .detail import DetailDecoder, DetailEncoder
 from .encoder import ResNetEncoder
 from .identity import IdentityFeatureNet
+from .iresnet import IResNet, iresnet100
+from .mica import MICA, MappingNetwork, clip_shape
 
-__all__ = ["DECA", "DECARelease", "DetailDecoder", "DetailEncoder", "ResNetEncoder", "IdentityFeatureNet"]
+__all__ = ["DECA", "DECARelease", "DetailDecoder", "DetailEncoder", "ResNetEncoder", "IdentityFeatureNet", "MICA",
+           "MappingNetwork", "clip_shape", "IResNet", "iresnet100"]
