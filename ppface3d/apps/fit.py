@@ -83,10 +83,11 @@ class FaceFitter:
         p = {k: paddle.to_tensor(np.asarray(codes[k], np.float32)) for k in ("shape", "exp", "pose", "cam", "tex", "light")}
         return self._decode(p, True, deca_cam=True)
 
-    def fit(self, face, init: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+    def fit(self, face, init: Optional[Dict[str, np.ndarray]] = None, fixed=()) -> Dict[str, np.ndarray]:
         """Fit one :class:`~ppface3d.data.preprocess.FaceCrop` (or a dict with 'image' (S0, S0, 3)
         float [0, 1] and 'landmarks' (68, 2) crop pixels). Returns codes as numpy arrays with a
-        leading batch axis of 1, plus 'loss_landmark' / 'loss_photo' (final values)."""
+        leading batch axis of 1, plus 'loss_landmark' / 'loss_photo' (final values). Codes named in
+        ``fixed`` keep their ``init`` values (e.g. ``fixed=("shape",)`` with MICA's shape)."""
         from tqdm import tqdm
 
         from ..data.preprocess import landmark_face_mask
@@ -125,7 +126,7 @@ class FaceFitter:
         bar = tqdm(total=total, desc="fit", disable=not self.progress, leave=False)
         final = {}
         for stage, iters in enumerate(self.iters):
-            names = ["cam", "pose", "exp", "shape"] + (["tex", "light"] if stage == 1 else [])
+            names = [n for n in ["cam", "pose", "exp", "shape"] + (["tex", "light"] if stage == 1 else []) if n not in fixed]
             # camera scale needs a larger step than the codes
             opt = paddle.optimizer.Adam(self.lr, parameters=[p[n] for n in names])
             for it in range(iters):

@@ -29,7 +29,7 @@ import hashlib
 import importlib.util
 import math
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -109,6 +109,9 @@ def _file_key(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+_DLIB_MODELS: list = []
+
+
 class DlibFaceDescriptor:
     """dlib's ResNet face descriptor (128-d), with dlib's chip alignment.
 
@@ -135,14 +138,16 @@ class DlibFaceDescriptor:
 
     def _load(self):
         if self._models is None:
-            try:
-                import dlib
-            except ImportError:
-                raise InputError("dlib identity features need dlib (pip install dlib-bin)") from None
-            d = self.model_folder()
-            self._models = (dlib, dlib.get_frontal_face_detector(),
-                            dlib.shape_predictor(os.path.join(d, "shape_predictor_68_face_landmarks.dat")),
-                            dlib.face_recognition_model_v1(os.path.join(d, "dlib_face_recognition_resnet_model_v1.dat")))
+            if not _DLIB_MODELS:  # read once per process (about a second), shared by every descriptor
+                try:
+                    import dlib
+                except ImportError:
+                    raise InputError("dlib identity features need dlib (pip install dlib-bin)") from None
+                d = self.model_folder()
+                _DLIB_MODELS.extend([dlib, dlib.get_frontal_face_detector(),
+                                     dlib.shape_predictor(os.path.join(d, "shape_predictor_68_face_landmarks.dat")),
+                                     dlib.face_recognition_model_v1(os.path.join(d, "dlib_face_recognition_resnet_model_v1.dat"))])
+            self._models = tuple(_DLIB_MODELS)
         return self._models
 
     def key(self) -> str:
@@ -282,9 +287,6 @@ def build_identity_extractor(spec):
                       "MICA model from aligned crops, not in the data pipeline; use {type: dlib} or {type: onnx} here")
 
 
-_DLIB: List[DlibFaceDescriptor] = []
-
-
 def identity_distance(image_a, image_b, landmarks_a: Optional[np.ndarray] = None,
                       landmarks_b: Optional[np.ndarray] = None) -> float:
     """Face-recognition distance between the faces of two images (e.g. a photo and the textured
@@ -292,7 +294,5 @@ def identity_distance(image_a, image_b, landmarks_a: Optional[np.ndarray] = None
     alike; below 0.6 dlib calls them the same person). Images: paths or (H, W, 3) uint8 / float
     [0, 1] arrays; landmarks: (68, 2) pixels of each face, found by dlib when None (InputError when
     dlib finds no face)."""
-    if not _DLIB:
-        _DLIB.append(DlibFaceDescriptor())
-    d = _DLIB[0]
+    d = DlibFaceDescriptor()
     return float(np.linalg.norm(d.raw(image_a, landmarks_a) - d.raw(image_b, landmarks_b)))

@@ -123,13 +123,21 @@ def _tiny(tmp_path, extra=()):
     return load_config(CONFIG, over + list(extra))
 
 
-def test_config_trains_caches_and_evaluates(tmp_path):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """configs/mica.yml trained 3 steps on 3 subjects (features cached in the run's tmp folder)."""
     from ppengine.trainer import Trainer
 
-    cfg = _tiny(tmp_path)
-    tr = Trainer(cfg)
+    tmp_path = tmp_path_factory.mktemp("mica")
+    tr = Trainer(_tiny(tmp_path))
     before = {k: v.numpy().copy() for k, v in tr.model.mapping.state_dict().items()}
     logs = tr.train()
+    return tmp_path, tr, before, logs
+
+
+def test_config_trains_caches_and_evaluates(trained):
+    tmp_path, tr, before, logs = trained
+    cfg = tr.cfg
     assert np.isfinite(logs["loss"]) and logs["vertex_mm"] > 0
     assert any(not np.allclose(v.numpy(), before[k]) for k, v in tr.model.mapping.state_dict().items())
     chunks = sorted(os.listdir(os.path.join(str(tmp_path / "features"), os.listdir(str(tmp_path / "features"))[0])))
@@ -177,3 +185,47 @@ def test_config_disagreements_name_both_keys(tmp_path):
         from ppface3d.data import IdentitySyntheticFaces
 
         IdentitySyntheticFaces(augment=True)
+
+
+def test_infer_mica_with_the_fitter_and_with_deca(trained, tmp_path):
+    """tools/infer.py face3d --model mica: codes.npz carries MICA's shape of the crop; the fitter
+    fits the rest around it; with a DECA model (base) its other codes are DECA's."""
+    import skimage.data
+    from PIL import Image
+
+    from ppengine.checkpoint import save_weights
+    from ppengine.trainer import build_model
+    from ppface3d.apps.cli import main
+    from ppface3d.apps.mica_reconstruct import MICAReconstructor, load_mica
+    from ppface3d.apps.reconstruct import FaceReconstructor
+    from ppface3d.data.preprocess import FacePreprocessor
+
+    run = trained[0] / "run"
+    photo = str(tmp_path / "astro.jpg")
+    Image.fromarray(skimage.data.astronaut()).save(photo)
+    out = tmp_path / "out"
+    assert main(["--image", photo, "--output", str(out), "--model", "mica", "--weights", str(run),
+                 "--fit-iters", "4", "2", "--fit-size", "32", "--no-progress"]) == 0
+    codes = np.load(out / "astro" / "codes.npz")
+    mica = load_mica(str(run))
+    crop = FacePreprocessor()(photo).faces[0]
+    ref = mica.predict_shape([crop.image], [crop.landmarks])
+    np.testing.assert_allclose(codes["shape"], ref, rtol=1e-5, atol=1e-6)
+    assert codes["exp"].shape == (1, 50) and np.abs(codes["exp"]).max() > 0  # fitted
+    assert (out / "astro" / "mesh.obj").is_file() and (out / "astro" / "overlay.png").is_file()
+    assert main(["--image", photo, "--output", str(out), "--model", "mica"]) == 2  # no weights: one-line error
+    # a DECA model for the other codes (untrained weights: only the plumbing is checked)
+    deca_cfg = os.path.join(os.path.dirname(CONFIG), "deca.yml")
+    over = ["model.image_size=64", "data.train.num_subjects=2"]
+    weights = str(tmp_path / "deca.safetensors")
+    save_weights(weights, build_model(load_config(deca_cfg, over)))
+    rec = MICAReconstructor(mica, base=weights, base_config=deca_cfg, base_overrides=over, progress=False)
+    c = rec.codes(crop)
+    d = rec.base.codes(crop)  # DECA's own codes (a FaceReconstructor of that run)
+    assert isinstance(rec.base, FaceReconstructor) and rec.base.model is not None
+    np.testing.assert_allclose(c["shape"], ref, rtol=1e-5, atol=1e-6)
+    for k in ("exp", "pose", "cam", "tex", "light"):
+        np.testing.assert_allclose(c[k], d[k], rtol=1e-5, atol=1e-6)
+    mica20 = load_mica(str(run), overrides=["model.n_tex=20"])  # another albedo space than DECA's
+    with pytest.raises(InputError, match="not MICA's"):
+        MICAReconstructor(mica20, base=weights, base_config=deca_cfg, base_overrides=over)
