@@ -22,6 +22,7 @@ from ppengine.safe_load import UnsafePickleError, load_pickle  # noqa: E402
 from ppface3d.data.identity_features import arcface_blob, arcface_crop  # noqa: E402
 from ppface3d.flame.generate import default_model_path  # noqa: E402
 from ppface3d.models.mica import MICA, read_mica_checkpoint  # noqa: E402
+from test_deca_release import _randomise_bn  # noqa: E402  (tests/face3d, beside this file)
 
 WIDTH = 4  # iresnet100 stem channels here (64 in MICA's file)
 N_SHAPE = 300
@@ -116,15 +117,15 @@ class Generator(tnn.Module):
 
 
 def _randomise(module, gen):
+    """Random batch-norm statistics and affine terms (DECA's test helper; the 1-d ``features`` norm
+    through a 2-d view of it) and random PReLU slopes."""
+    _randomise_bn(module, gen)
+    feats = module.features
+    view = tnn.BatchNorm2d(feats.num_features)
+    _randomise_bn(view, gen)
+    feats.load_state_dict(view.state_dict())
     for m in module.modules():
-        if isinstance(m, (tnn.BatchNorm2d, tnn.BatchNorm1d)):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(c, generator=gen) * 0.5 + 0.75)
-            m.weight.data.copy_(torch.rand(c, generator=gen) * 0.5 + 0.5)
-            m.bias.data.copy_(torch.randn(c, generator=gen) * 0.1)
-            m.num_batches_tracked.fill_(11)
-        elif isinstance(m, tnn.PReLU):
+        if isinstance(m, tnn.PReLU):
             m.weight.data.copy_(torch.rand(m.weight.shape, generator=gen) * 0.4)
 
 
