@@ -17,12 +17,13 @@ torch = pytest.importorskip("torch")
 tnn = torch.nn
 tF = torch.nn.functional
 
+from test_deca_release import _randomise_bn  # noqa: E402  (tests/face3d, beside this file)
+
 from ppengine.errors import ConfigError, InputError  # noqa: E402
 from ppengine.safe_load import UnsafePickleError, load_pickle  # noqa: E402
 from ppface3d.data.identity_features import arcface_blob, arcface_crop  # noqa: E402
 from ppface3d.flame.generate import default_model_path  # noqa: E402
 from ppface3d.models.mica import MICA, read_mica_checkpoint  # noqa: E402
-from test_deca_release import _randomise_bn  # noqa: E402  (tests/face3d, beside this file)
 
 WIDTH = 4  # iresnet100 stem channels here (64 in MICA's file)
 N_SHAPE = 300
