@@ -126,7 +126,7 @@ class IdentitySyntheticFaces(SyntheticFaces):
         ext = self.extractor
         out = []
         n_chunks = -(-len(self) // self.chunk)
-        bar = tqdm(total=hi - lo, desc=f"identity features {self.split} {c + 1}/{n_chunks}", leave=False,
+        bar = tqdm(total=hi - lo, desc=f"identity features {self.split} chunk {c + 1}/{n_chunks}", leave=False,
                    disable=not self.progress)
         for start in range(lo, hi, self.render_batch):
             idx = list(range(start, min(hi, start + self.render_batch)))

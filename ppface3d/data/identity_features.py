@@ -109,7 +109,7 @@ def _file_key(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-_DLIB_MODELS: list = []
+_DLIB_MODELS: dict = {}
 
 
 class DlibFaceDescriptor:
@@ -126,7 +126,6 @@ class DlibFaceDescriptor:
 
     def __init__(self, upsample: int = 1):
         self.upsample = int(upsample)
-        self._models = None
 
     @staticmethod
     def model_folder() -> str:
@@ -136,19 +135,22 @@ class DlibFaceDescriptor:
                              "(pip install face-recognition-models==0.3.0 dlib-bin)")
         return os.path.join(os.path.dirname(spec.origin), "models")
 
-    def _load(self):
-        if self._models is None:
-            if not _DLIB_MODELS:  # read once per process (about a second), shared by every descriptor
-                try:
-                    import dlib
-                except ImportError:
-                    raise InputError("dlib identity features need dlib (pip install dlib-bin)") from None
-                d = self.model_folder()
-                _DLIB_MODELS.extend([dlib, dlib.get_frontal_face_detector(),
-                                     dlib.shape_predictor(os.path.join(d, "shape_predictor_68_face_landmarks.dat")),
-                                     dlib.face_recognition_model_v1(os.path.join(d, "dlib_face_recognition_resnet_model_v1.dat"))])
-            self._models = tuple(_DLIB_MODELS)
-        return self._models
+    def _load(self, detector: bool = False):
+        """(dlib, detector or None, 68-point predictor or None, recognition network): read once per
+        process and shared by every descriptor (the detector and predictor only when asked for)."""
+        if "dlib" not in _DLIB_MODELS:
+            try:
+                import dlib
+            except ImportError:
+                raise InputError("dlib identity features need dlib (pip install dlib-bin)") from None
+            _DLIB_MODELS["dlib"] = dlib
+            _DLIB_MODELS["rec"] = dlib.face_recognition_model_v1(
+                os.path.join(self.model_folder(), "dlib_face_recognition_resnet_model_v1.dat"))
+        dlib = _DLIB_MODELS["dlib"]
+        if detector and "det" not in _DLIB_MODELS:
+            _DLIB_MODELS["det"] = dlib.get_frontal_face_detector()
+            _DLIB_MODELS["sp"] = dlib.shape_predictor(os.path.join(self.model_folder(), "shape_predictor_68_face_landmarks.dat"))
+        return dlib, _DLIB_MODELS.get("det"), _DLIB_MODELS.get("sp"), _DLIB_MODELS["rec"]
 
     def key(self) -> str:
         """Identifies the network (for feature caches)."""
@@ -157,7 +159,7 @@ class DlibFaceDescriptor:
     def landmarks(self, image) -> np.ndarray:
         """dlib's own 68 landmarks (68, 2) of the best-scoring face (HOG detector, upsampled
         ``upsample`` times): InputError when there is none."""
-        dlib, det, sp, _ = self._load()
+        dlib, det, sp, _ = self._load(detector=True)
         img = _as_uint8(image)
         rects, scores, _ = det.run(img, self.upsample, 0)
         if not len(rects):

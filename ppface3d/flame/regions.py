@@ -72,15 +72,28 @@ def _from_geometry(v: np.ndarray, labels: np.ndarray, lm: np.ndarray) -> Dict[st
     return {"face": np.nonzero(face)[0], "eyes": np.nonzero(~skin & (labels <= 2))[0], "ears": np.nonzero(ears)[0]}
 
 
+_MODEL_ARRAYS: Dict[tuple, dict] = {}
+
+
+def _model_arrays(path: str) -> dict:
+    """The model pickle's template and part labels (read once per file and version)."""
+    key = (os.path.abspath(path), os.path.getmtime(path), os.path.getsize(path))
+    if key not in _MODEL_ARRAYS:
+        from ppengine.safe_load import load_pickle
+
+        raw = load_pickle(path)
+        raw = raw if isinstance(raw, dict) else {}
+        _MODEL_ARRAYS[key] = {k: raw.get(k) for k in ("v_template", "part_labels")}
+    return _MODEL_ARRAYS[key]
+
+
 def region_masks(flame, masks_path: Optional[str] = None) -> Dict[str, np.ndarray]:
     """Vertex index arrays 'face', 'eyes' (both eyeballs), 'ears' (both) of a :class:`FLAME` layer."""
     V = int(flame.num_vertices)
     if masks_path:
         return _from_masks_file(os.fspath(masks_path), V)
-    from ppengine.safe_load import load_pickle
-
-    raw = load_pickle(flame.model_path)
-    labels = raw.get("part_labels") if isinstance(raw, dict) else None
+    raw = _model_arrays(flame.model_path)
+    labels = raw.get("part_labels")
     if labels is None:
         raise ConfigError(f"model.flame_masks_path: {flame.model_path} is not the generated model, and the face / "
                           "eye / ear regions of MICA's loss cannot be derived for it: give FLAME's FLAME_masks.pkl "

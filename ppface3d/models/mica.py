@@ -129,6 +129,8 @@ class MICA(nn.Layer):
             self.feature_dim = int(self.extractor.dim or ARCFACE_DIM)
         self.n_shape = int(n_shape)
         self.mapping = MappingNetwork(self.feature_dim, int(hidden_dim), self.n_shape, int(mapping_layers))
+        if states is not None:  # a file that does not fit fails before the face model is built
+            self._load_networks(checkpoint, states)
         self.image_size = int(image_size)
         self.face = FaceModel(n_shape=self.n_shape, n_exp=n_exp, n_tex=n_tex, image_size=self.image_size,
                               uv_size=uv_size, flame_model_path=flame_model_path,
@@ -137,7 +139,7 @@ class MICA(nn.Layer):
         self.loss_fn = LOSSES.build(loss or {"type": "MICALoss"}, key_path="model.loss")
         self.loss_fn.setup(self.face)
         if states is not None:
-            self.load_checkpoint(checkpoint, states)
+            self._check_flame(checkpoint, states)
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -171,16 +173,15 @@ class MICA(nn.Layer):
         :attr:`arcface` (strict names and shapes). ``flameModel.generator`` holds MICA's copy of
         FLAME's arrays: only its vertex count is checked against this model's FLAME."""
         states = read_mica_checkpoint(path) if states is None else states
+        self._load_networks(path, states)
+        self._check_flame(path, states)
+
+    def _load_networks(self, path: str, states: Dict[str, Dict[str, np.ndarray]]) -> None:
         flame_sd = states["flameModel"]
         reg = {k[len("regressor."):]: v for k, v in flame_sd.items() if k.startswith("regressor.")}
         other = sorted(k for k in flame_sd if not k.startswith(("regressor.", "generator.")))
         if other:
             raise InputError(f"{path} [flameModel]: unexpected entries {other[:5]}. {_MICA_FIX}")
-        vt = flame_sd.get("generator.v_template")
-        V = self.face.flame.num_vertices
-        if vt is not None and vt.shape[0] != V:
-            raise InputError(f"{path}: MICA was trained on a FLAME mesh of {vt.shape[0]} vertices, model.flame_model_path "
-                             f"has {V}: give FLAME 2020's generic_model.pkl")
         arrays = torch_to_paddle_state(reg, self.mapping, f"{path} [flameModel.regressor]", "MICA's", _MICA_FIX)
         self.mapping.set_state_dict({k: paddle.to_tensor(v) for k, v in arrays.items()})
         if self.arcface is not None:
@@ -188,6 +189,13 @@ class MICA(nn.Layer):
                 raise InputError(f"{path}: no 'arcface' entry (MICA's iresnet100). {_MICA_FIX}")
             arrays = torch_to_paddle_state(states["arcface"], self.arcface, f"{path} [arcface]", "MICA's", _MICA_FIX)
             self.arcface.set_state_dict({k: paddle.to_tensor(v) for k, v in arrays.items()})
+
+    def _check_flame(self, path: str, states: Dict[str, Dict[str, np.ndarray]]) -> None:
+        vt = states["flameModel"].get("generator.v_template")
+        V = self.face.flame.num_vertices
+        if vt is not None and vt.shape[0] != V:
+            raise InputError(f"{path}: MICA was trained on a FLAME mesh of {vt.shape[0]} vertices, model.flame_model_path "
+                             f"has {V}: give FLAME 2020's generic_model.pkl")
 
     def train(self, mode: bool = True):
         super().train(mode)
