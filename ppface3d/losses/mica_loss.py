@@ -1,11 +1,11 @@
 """MICA's loss: a region-weighted L1 distance between predicted and true neutral meshes.
 
     loss = MICALoss()                      # MICA's weights: face 150, whole 1, eyes 0.01, ears 0.01, x 1000
-    loss.setup(face_model)                 # the regions of the model's FLAME (ppface3d.flame.regions)
+    loss.setup(face_model)                 # the regions of the model's FLAME (ppface3d.flame.masks)
     loss(pred_vertices, gt_vertices)       # (N, V, 3) each, metres
 
 As MICA's ``compute_losses``: ``mean(|pred - gt| * w) * 1000`` over every image, vertex and
-coordinate, with ``w`` (V,) from :func:`ppface3d.flame.regions.vertex_weights` (the face region
+coordinate, with ``w`` (V,) from :func:`ppface3d.flame.masks.vertex_weights` (the face region
 150, eyeballs and ears 0.01, everything else 1).
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ class MICALoss:
         face, whole, eyes, ears: region weights (MICA: 150, 1, 0.01, 0.01).
         scale: overall factor (MICA: 1000, metres -> millimetres).
         masks_path: FLAME's ``FLAME_masks.pkl`` for a real FLAME model (the generated model's
-            regions are derived from it; see :mod:`ppface3d.flame.regions`).
+            regions are derived from it; see :mod:`ppface3d.flame.masks`).
     """
 
     def __init__(self, face: float = 150.0, whole: float = 1.0, eyes: float = 0.01, ears: float = 0.01,
@@ -44,10 +44,10 @@ class MICALoss:
 
     def setup(self, face_model) -> None:
         """Per-vertex weights for the face model's FLAME."""
-        from ..flame.regions import region_masks, vertex_weights
+        from ..flame.masks import flame_masks, vertex_weights
 
         flame = face_model.flame
-        self.masks = region_masks(flame, self.masks_path)
+        self.masks = flame_masks(flame, self.masks_path)
         w = vertex_weights(self.masks, flame.num_vertices, **self.region_weights)
         self.weights = paddle.to_tensor(np.asarray(w, np.float32))
 

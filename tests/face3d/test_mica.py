@@ -11,7 +11,7 @@ import pytest
 from ppengine.config import load_config
 from ppengine.errors import ConfigError, InputError
 from ppface3d.flame import FLAME
-from ppface3d.flame.regions import region_masks, vertex_weights
+from ppface3d.flame.masks import flame_masks, vertex_weights
 from ppface3d.losses.identity_spread import IdentitySpreadMetric
 from ppface3d.losses.mica_loss import mica_vertex_loss
 from ppface3d.models.mica import MappingNetwork
@@ -67,20 +67,20 @@ def test_region_weights_and_loss_against_numpy(tmp_path):
          "left_ear": np.arange(30, 35), "right_ear": np.arange(35, 40), "nose": np.arange(5)}
     p = tmp_path / "FLAME_masks.pkl"
     p.write_bytes(pickle.dumps(f, protocol=2))
-    m = region_masks(flame, str(p))
+    m = flame_masks(flame, str(p))
     np.testing.assert_array_equal(m["eyes"], np.arange(20))
     np.testing.assert_array_equal(m["ears"], np.arange(30, 40))
     f["face"] = np.array([flame.num_vertices + 3])
     p.write_bytes(pickle.dumps(f, protocol=2))
     with pytest.raises(InputError, match="another topology"):
-        region_masks(flame, str(p))
+        flame_masks(flame, str(p))
 
 
 def test_generated_head_regions():
     from ppengine.safe_load import load_pickle
 
     flame = FLAME(n_shape=1, n_expression=0)
-    m = region_masks(flame)
+    m = flame_masks(flame)
     labels = load_pickle(flame.model_path)["part_labels"]
     np.testing.assert_array_equal(m["eyes"], np.nonzero((labels == 1) | (labels == 2))[0])
     assert not set(m["face"]) & set(m["eyes"]) and not set(m["face"]) & set(m["ears"])

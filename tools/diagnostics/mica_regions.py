@@ -31,10 +31,10 @@ def main(argv=None):
 
     from ppengine.io import save_png
     from ppface3d.face_model import FaceModel
-    from ppface3d.flame.regions import region_masks
+    from ppface3d.flame.masks import flame_masks
 
     face = FaceModel(n_shape=1, image_size=a.size, flame_model_path=a.flame)
-    m = region_masks(face.flame, a.masks)
+    m = flame_masks(face.flame, a.masks)
     V = face.flame.num_vertices
     col = np.full((1, V, 3), 0.7, np.float32)
     col[0, m["face"]], col[0, m["ears"]], col[0, m["eyes"]] = (1, 0.3, 0.3), (0.3, 1, 0.3), (0.3, 0.3, 1)

@@ -1,7 +1,7 @@
-"""Vertex regions of a FLAME-topology head (face, eyeballs, ears) and MICA's per-vertex weights.
+"""FLAME vertex masks (face, eyeballs, ears) of a FLAME-topology head and MICA's per-vertex weights.
 
-    masks = region_masks(flame)                        # generated model: derived from its geometry
-    masks = region_masks(flame, "FLAME_masks.pkl")     # FLAME 2020: FLAME's vertex masks file
+    masks = flame_masks(flame)                         # generated model: derived from its geometry
+    masks = flame_masks(flame, "FLAME_masks.pkl")      # FLAME 2020: FLAME's vertex masks file
     w = vertex_weights(masks, flame.num_vertices)      # (V,) MICA: whole 1, eyes 0.01, ears 0.01, face 150
 
 FLAME's ``FLAME_masks.pkl`` (FLAME website, "FLAME vertex masks"; MICA keeps a copy in
@@ -87,7 +87,7 @@ def _model_arrays(path: str) -> dict:
     return _MODEL_ARRAYS[key]
 
 
-def region_masks(flame, masks_path: Optional[str] = None) -> Dict[str, np.ndarray]:
+def flame_masks(flame, masks_path: Optional[str] = None) -> Dict[str, np.ndarray]:
     """Vertex index arrays 'face', 'eyes' (both eyeballs), 'ears' (both) of a :class:`FLAME` layer."""
     V = int(flame.num_vertices)
     if masks_path:
