@@ -118,7 +118,7 @@ class IdentitySyntheticFaces(SyntheticFaces):
 
     def _compute_chunk(self, c: int) -> np.ndarray:
         """Render chunk ``c``'s subjects and describe every image: (n, K, D) float32."""
-        from tqdm import tqdm
+        from ppengine.logging import progress
 
         from ..render.cameras import ndc_to_pixels
 
@@ -126,8 +126,8 @@ class IdentitySyntheticFaces(SyntheticFaces):
         ext = self.extractor
         out = []
         n_chunks = -(-len(self) // self.chunk)
-        bar = tqdm(total=hi - lo, desc=f"identity features {self.split} chunk {c + 1}/{n_chunks}", leave=False,
-                   disable=not self.progress)
+        bar = progress(hi - lo, enabled=self.progress, desc=f"identity features {self.split} chunk {c + 1}/{n_chunks}",
+                       leave=False)
         for start in range(lo, hi, self.render_batch):
             idx = list(range(start, min(hi, start + self.render_batch)))
             samples = self._generate_many(idx)
