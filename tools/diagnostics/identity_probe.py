@@ -8,6 +8,9 @@ training, K >= 2 images per subject) it prints one JSON line with:
 * ``within``: mean distance of an image's (unit) feature to its subject's mean feature;
   ``between``: mean distance of the subjects' mean features to the overall mean. A network
   that sees identity has ``within`` well below ``between``.
+* ``--ambient-light``: the synthetic lights keep only their ambient term (no directional part),
+  with the other variations as configured (e.g. ``-o data.train.max_yaw=0``); such features go to
+  a temporary cache, never the training cache.
 * ``ridge_r2``: a linear probe (ridge regression, 80 % of the subjects to fit, 20 % held out)
   from one image's feature to the subject's shape coefficients: R^2 per coefficient (1 = the
   coefficient is read perfectly, 0 = no better than its mean). A ceiling check for MICA's
@@ -32,7 +35,25 @@ def main(argv=None):
     p.add_argument("-o", "--override", action="append", default=[])
     p.add_argument("--split", default="train")
     p.add_argument("--alpha", type=float, default=1.0, help="ridge regularisation")
+    p.add_argument("--ambient-light", action="store_true", help="lights without their directional part")
     a = p.parse_args(argv)
+    overrides = list(a.override)
+    tmp = None
+    if a.ambient_light:
+        import tempfile
+
+        import ppface3d.data.synthetic as synthetic
+
+        tmp = tempfile.TemporaryDirectory()
+        overrides.append(f"data.{a.split}.feature_cache={tmp.name}")  # never mixed with real features
+        random_sh = synthetic.random_sh
+
+        def ambient(rng, n):
+            sh = random_sh(rng, n)  # the same draws, so the rest of the sample is unchanged
+            sh[:, 1:] = 0.0
+            return sh
+
+        synthetic.random_sh = ambient
 
     import numpy as np
 
@@ -40,7 +61,7 @@ def main(argv=None):
     from ppengine.config import load_config
     from ppengine.trainer import build_dataset
 
-    ds = build_dataset(load_config(a.config, a.override), a.split)
+    ds = build_dataset(load_config(a.config, overrides), a.split)
     n = len(ds)
     feats = np.stack([ds.identity(i) for i in range(n)])  # (n, K, D)
     comps = ds.shape_components or ds.n_shape
@@ -56,7 +77,7 @@ def main(argv=None):
     P = np.concatenate([Xt, np.ones((len(Xt), 1))], 1) @ W
     r2 = 1.0 - ((P - Yt) ** 2).mean(0) / Yt.var(0)
     print(json.dumps({"split": a.split, "subjects": n, "K": int(feats.shape[1]), "dim": int(feats.shape[2]),
-                      "network": ds.features, "within": round(within, 4), "between": round(between, 4),
+                      "network": ds.features, "ambient_light": a.ambient_light, "within": round(within, 4), "between": round(between, 4),
                       "ridge_r2": [round(float(v), 3) for v in r2]}))
     return 0
 
