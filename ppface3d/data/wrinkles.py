@@ -19,8 +19,8 @@ Activations are read from the expression's geometry, not from coefficient indice
 for any FLAME model: the 68 landmarks of the head with the expression and jaw (no head pose)
 against the same head's neutral ones, in units of the eye-corner distance: brow height above the
 eye (per side), mouth-corner width and lift (per side), eye opening (per side, closing = squint).
-:meth:`calibrate` maps each feature to [0, 1] between the median and the 97th percentile of a
-sample of expressions, so about half the faces show a fold of each kind and a strong expression
+:meth:`calibrate` maps each feature to [0, 1] between the median (at least the neutral face's
+value) and the 97th percentile of a sample of expressions, so about half the faces show a fold of each kind and a strong expression
 shows it fully (up to 1.5 for the strongest). The subject scales everything by an age factor,
 adds resting forehead lines and folds, and its bumps; all of it is drawn per subject.
 """
@@ -169,11 +169,12 @@ class Wrinkles:
 
     def calibrate(self, shape: np.ndarray, exp: np.ndarray, jaw: np.ndarray) -> None:
         """Set the activation scale from a sample of expressions (N >= 32): a feature at the
-        sample's median is 0, at its 97th percentile 1."""
+        sample's median (or at the neutral face's 0, if higher) is 0, at its 97th percentile 1."""
         f = self.features(shape, exp, jaw)
         if len(f) < 32:
             raise ConfigError(f"wrinkles: calibration needs at least 32 expressions, got {len(f)}")
-        lo, hi = np.percentile(f, 50, axis=0), np.percentile(f, 97, axis=0)
+        lo = np.maximum(np.percentile(f, 50, axis=0), 0.0)  # the neutral face (features 0) never wrinkles
+        hi = np.percentile(f, 97, axis=0)
         self.calibration = np.stack([lo, np.maximum(hi, lo + 1e-6)]).astype(np.float32)
 
     def activations(self, shape, exp, jaw) -> np.ndarray:
