@@ -2,7 +2,7 @@
 
 The face model they are built on (FLAME + albedo + renderer) is :class:`ppface3d.FaceModel`.
 """
-from . import deca, deca_detail, deca_release, identity  # noqa: F401  (registers DECA, DECADetail, DECARelease, ...)
+from . import deca, deca_detail, deca_release, identity, vgg_features  # noqa: F401  (registers the models)
 from .deca import DECA
 from .deca_detail import DECADetail
 from .deca_release import DECARelease

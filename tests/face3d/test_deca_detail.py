@@ -129,6 +129,32 @@ def test_idmrf_is_pluggable():
     np.testing.assert_allclose(float(out["photo_detail_mrf"]), ref, rtol=1e-5)
 
 
+def test_vgg19_features_load_paddle_weights(tmp_path):
+    """VGG19Features (ID-MRF's network) takes paddle.vision's VGG-19 names; relu3_2 / relu4_2 are
+    the ReLUs after conv3_2 and conv4_2 of that network."""
+    from paddle.vision.models import vgg
+
+    from ppengine.checkpoint import save_tensors
+    from ppface3d.models.vgg_features import VGG19Features
+
+    paddle.seed(3)
+    ref = vgg.VGG(vgg.make_layers(vgg.cfgs["E"]), num_classes=0)  # vgg19's layout, no classifier to build
+    path = str(tmp_path / "vgg19.safetensors")
+    save_tensors(path, {k: v for k, v in ref.state_dict().items() if int(k.split(".")[1]) <= 21})
+    net = VGG19Features(weights=path)
+    x = paddle.rand([1, 3, 32, 32])
+    out = net(x)
+    h = (x - net.mean) / net.std
+    for i in range(23):
+        h = ref.features[i](h)
+        if i == 13:
+            np.testing.assert_allclose(out["relu3_2"].numpy(), h.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["relu4_2"].numpy(), h.numpy(), rtol=1e-5, atol=1e-6)
+    assert out["relu3_2"].shape == [1, 256, 8, 8] and out["relu4_2"].shape == [1, 512, 4, 4]
+    with pytest.raises(ConfigError, match="feature_net.weights"):
+        VGG19Features()
+
+
 # ----------------------------------------------------------------------------- rendering with normal maps
 def test_weighted_normal_map_blends_with_vertex_normals():
     from ppface3d import FaceModel
