@@ -284,7 +284,10 @@ class DECADetail(nn.Layer):
     @paddle.no_grad()
     def eval_step(self, batch: Dict) -> Dict:
         """Outputs for the detail metric: the normals of the model's own render with the coarse
-        vertex normals ('normal_coarse') and with its detail map ('normal_detail'), 'alpha'."""
+        vertex normals ('normal_coarse') and with its detail map ('normal_detail'), 'alpha'; when
+        the batch has the true posed mesh ('vertices', 'cam': synthetic data), the same three
+        with the predicted displacement on that mesh, prefixed 'gt_mesh_' (the detail branch
+        measured apart from the coarse model's fit)."""
         was = self.training
         self.eval()
         images = batch["image"]
@@ -292,14 +295,23 @@ class DECADetail(nn.Layer):
             images = images.unsqueeze(1)
         codes = self.encode(self._flat(images), test=True)
         out = self.face.decode(codes)
-        nmap = self.detail_normals(self.displacement(codes), out["vertices"])
-        coarse = self.face.render(out, mode="shape")
-        detail = self.face.render(out, mode="shape", normal_map=nmap)
-        out.update(codes=codes, normal_coarse=coarse["normal_images"], normal_detail=detail["normal_images"],
-                   alpha=coarse["alpha_images"])
+        uv_z = self.displacement(codes)
+        out.update(codes=codes, **self._normal_renders(out, uv_z))
+        if "vertices" in batch and "cam" in batch:  # the same displacement on the true coarse mesh
+            gt = self.face.place({"vertices": self._flat(batch["vertices"]), "landmarks3d": out["landmarks3d"]},
+                                 self._flat(batch["cam"]))
+            out.update({"gt_mesh_" + k: v for k, v in self._normal_renders(gt, uv_z).items()})
         if was:
             self.train()
         return out
+
+    def _normal_renders(self, dec: Dict[str, paddle.Tensor], uv_z: paddle.Tensor) -> Dict[str, paddle.Tensor]:
+        """World normals of the mesh ``dec`` rendered with its vertex normals ('normal_coarse') and
+        with the detail map of ``uv_z`` on it ('normal_detail'), and its silhouette ('alpha')."""
+        coarse = self.face.render(dec, mode="shape")
+        detail = self.face.render(dec, mode="shape", normal_map=self.detail_normals(uv_z, dec["vertices"]))
+        return {"normal_coarse": coarse["normal_images"], "normal_detail": detail["normal_images"],
+                "alpha": coarse["alpha_images"]}
 
     @paddle.no_grad()
     def visuals(self, batch: Dict, outputs: Dict) -> Dict[str, np.ndarray]:

@@ -281,6 +281,10 @@ def test_metric_and_eval_step(built):
     r = metric.compute()
     assert r["angle_pixels"] > 500 and 0 < r["angle_coarse"] < 180
     np.testing.assert_allclose(r["angle_ratio"], r["angle_detail"] / r["angle_coarse"])
+    # on the true mesh the coarse error is the wrinkles' alone (a few degrees); the untrained
+    # coarse model's own fit is far off
+    assert 1.0 < r["gt_mesh_angle_coarse"] < 12.0 < r["angle_coarse"], r
+    np.testing.assert_allclose(r["gt_mesh_angle_ratio"], r["gt_mesh_angle_detail"] / r["gt_mesh_angle_coarse"])
     # the angle itself: normals rotated by a known angle
     a = np.radians(17.0)
     n = np.zeros((1, 3, 2, 2), np.float32)
