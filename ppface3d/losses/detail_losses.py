@@ -15,7 +15,9 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from ppengine.registry import LOSSES, MODELS
+from ppengine.registry import LOSSES
+
+from .deca_losses import build_frozen
 
 
 def binary_erosion(mask: paddle.Tensor, kernel_size: int = 5) -> paddle.Tensor:
@@ -142,11 +144,7 @@ class DECADetailLoss:
         self.patch = None if patch is None else int(patch)
         self.idmrf = None
         if feature_net and mrf > 0:
-            net = MODELS.build(feature_net, key_path="model.loss.feature_net")
-            net.eval()
-            for p in net.parameters():
-                p.stop_gradient = True
-            self.idmrf = IDMRF(net)
+            self.idmrf = IDMRF(build_frozen(feature_net, "model.loss.feature_net"))
 
     def __call__(self, pred: Dict[str, paddle.Tensor], box: Optional[Sequence[int]] = None) -> Dict[str, paddle.Tensor]:
         """Weighted terms and their sum under 'loss'.

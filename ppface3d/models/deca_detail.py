@@ -147,14 +147,6 @@ class DECADetail(nn.Layer):
         return self
 
     # ------------------------------------------------------------------ pieces
-    @property
-    def flame(self):
-        return self.face.flame
-
-    @property
-    def faces(self) -> np.ndarray:
-        return self.face.faces
-
     def encode(self, images: paddle.Tensor, test: bool = False) -> Dict[str, paddle.Tensor]:
         """images (N, 3, S, S) in [0, 1] -> the coarse codes (no gradient) and 'detail' (N, n_detail)."""
         with paddle.no_grad():
