@@ -62,6 +62,7 @@ def displacement2normal(uv_z: paddle.Tensor, uv_vertices: paddle.Tensor, uv_norm
     offset = uv_z * m
     if fixed_displacement is not None:
         offset = offset + paddle.to_tensor(fixed_displacement, dtype="float32").reshape([1, 1, H, W])
+    offset = offset.expand([N, 3, H, W]) if offset.shape[:2] != [N, 3] else offset  # same-shape ops: faster
     detail = uv_vertices + offset * uv_normals
     if faces is None:
         n = grid_vertex_normals(detail)
@@ -69,7 +70,9 @@ def displacement2normal(uv_z: paddle.Tensor, uv_vertices: paddle.Tensor, uv_norm
         dense = detail.transpose([0, 2, 3, 1]).reshape([N, H * W, 3])
         n = vertex_normals(dense, paddle.to_tensor(np.asarray(faces, np.int64))).reshape([N, H, W, 3])
         n = n.transpose([0, 3, 1, 2])
-    return n * m + uv_normals * (1.0 - m) if mask is not None else n
+    if mask is None:
+        return n
+    return uv_normals + (n - uv_normals) * m.expand([N, 3, H, W])
 
 
 def grid_vertex_normals(points: paddle.Tensor, margin_x: int = 2, margin_y: int = 5, eps: float = 1e-12) -> paddle.Tensor:
