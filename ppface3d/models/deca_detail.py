@@ -127,7 +127,6 @@ class DECADetail(nn.Layer):
         self.uvmap = self.face.uv_map(S)
         self.face_eye_mask = self.face.uv_face_mask(S)
         self.face_mask = self.face_eye_mask
-        self.fixed_displacement = None
         self.box = crop_box(self.face_eye_mask)
         self.loss_fn = LOSSES.build(loss or {"type": "DECADetailLoss"}, key_path="model.loss")
         self.register_buffer("_mask_t", paddle.to_tensor(self.face_eye_mask).reshape([1, 1, S, S]), persistable=False)
