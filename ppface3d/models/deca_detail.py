@@ -81,6 +81,30 @@ def coarse_config(coarse: Optional[dict], coarse_weights: Optional[str]):
     return coarse, weights
 
 
+def refit_light(albedo: paddle.Tensor, normals: paddle.Tensor, target: paddle.Tensor, weight: paddle.Tensor,
+                fallback: paddle.Tensor, min_texels: int = 64, damping: float = 1e-3) -> paddle.Tensor:
+    """Per-image SH light (N, 9, 3) that best explains ``target`` as ``albedo x SH(normals)``:
+    weighted least squares per colour channel over the texels where ``weight`` (N, 1, S, S) is 1.
+
+    albedo, target (N, 3, S, S); normals (N, 3, S, S) (renormalised here). The normal equations
+    are damped by ``damping`` x their mean diagonal; an image with fewer than ``min_texels``
+    weighted texels keeps its ``fallback`` light (N, 9, 3). No gradient flows through it."""
+    from ..render.shading import sh_basis
+
+    with paddle.no_grad():
+        N = albedo.shape[0]
+        B = sh_basis(F.normalize(normals, axis=1)).reshape([N, 1, 9, -1])  # (N, 1, 9, P)
+        A = B * albedo.reshape([N, 3, 1, -1])  # (N, 3, 9, P) per channel
+        w = weight.reshape([N, 1, 1, -1])
+        M = paddle.matmul(A * w, A, transpose_y=True)  # (N, 3, 9, 9)
+        r = paddle.matmul(A * w, target.reshape([N, 3, -1, 1]))  # (N, 3, 9, 1)
+        eye = paddle.eye(9).reshape([1, 1, 9, 9])
+        lam = damping * paddle.diagonal(M, axis1=-2, axis2=-1).mean(-1, keepdim=True).unsqueeze(-1) + 1e-8
+        light = paddle.linalg.solve(M + lam * eye, r)[..., 0].transpose([0, 2, 1])  # (N, 9, 3)
+        enough = (weight.reshape([N, -1]).sum(1) >= min_texels).astype(light.dtype).reshape([N, 1, 1])
+        return light * enough + fallback * (1.0 - enough)
+
+
 @MODELS.register()
 class DECADetail(nn.Layer):
     """DECA's detail branch on a frozen coarse DECA.
@@ -96,13 +120,18 @@ class DECADetail(nn.Layer):
         max_z: the decoder's tanh scale in metres (DECA 0.01).
         encoder_depth, encoder_width, encoder_hidden, encoder_pool: the detail encoder's ResNet
             (DECA: ResNet-50; 10 / 16 on a CPU), see :class:`~ppface3d.models.encoder.ResNetEncoder`.
+        refit_light: for the detail losses, re-estimate each image's SH light by least squares
+            from the photo in UV (:func:`refit_light`: the coarse albedo and normals, the visible
+            texels) instead of the coarse encoder's light (DECA's, detached). Not DECA's: for a
+            coarse model whose light is barely trained (configs/deca.yml trains albedo and light
+            only in its last iterations), so that light errors are not explained as wrinkles.
         loss: loss config (default ``{type: DECADetailLoss}`` with DECA's weights).
     """
 
     def __init__(self, coarse: Optional[dict] = None, coarse_weights: Optional[str] = None, n_detail: int = 128,
                  detail_size: int = 256, decoder_channels=None, max_z: float = 0.01, encoder_depth: int = 18,
                  encoder_width: int = 64, encoder_hidden: int = 512, encoder_pool: str = "avg",
-                 loss: Optional[dict] = None):
+                 refit_light: bool = False, loss: Optional[dict] = None):
         super().__init__()
         from ppengine.checkpoint import load_weights
 
@@ -128,6 +157,7 @@ class DECADetail(nn.Layer):
         self.face_eye_mask = self.face.uv_face_mask(S)
         self.face_mask = self.face_eye_mask
         self.box = crop_box(self.face_eye_mask)
+        self.refit_light = bool(refit_light)
         self.loss_fn = LOSSES.build(loss or {"type": "DECADetailLoss"}, key_path="model.loss")
         self.register_buffer("_mask_t", paddle.to_tensor(self.face_eye_mask).reshape([1, 1, S, S]), persistable=False)
 
@@ -238,8 +268,7 @@ class DECADetail(nn.Layer):
             uv = self.uvmap.world2uv(paddle.concat([verts, normals, dec["transformed_vertices"]], -1))
         uv_z = self.displacement(codes)
         uv_n = displacement2normal(uv_z, uv[:, 0:3], uv[:, 3:6], self._mask_t)
-        shading = sh_shading(uv_n, codes["light"].detach())
-        return {"uv_z": uv_z, "uv_detail_normals": uv_n, "uv_shading": shading, "uv_coarse_normals": uv[:, 3:6],
+        return {"uv_z": uv_z, "uv_detail_normals": uv_n, "uv_coarse_normals": uv[:, 3:6],
                 "uv_screen": uv[:, 6:8], "landmarks2d": dec["landmarks2d"]}
 
     def _targets(self, batch: Dict, doubled: bool) -> Dict[str, paddle.Tensor]:
@@ -268,8 +297,12 @@ class DECADetail(nn.Layer):
             albedo = self.face.albedo_map(codes["tex"])
             if albedo.shape[-1] != S:
                 albedo = F.interpolate(albedo, size=[S, S], mode="bilinear", align_corners=False)
-        pred = {"uv_texture": albedo * outputs["uv_shading"], "uv_texture_gt": sampled[:, :3], "uv_vis_mask": vis,
-                "uv_z": outputs["uv_z"], "uv_shading": outputs["uv_shading"]}
+            light = codes["light"].detach()
+            if self.refit_light:
+                light = refit_light(albedo, outputs["uv_coarse_normals"], sampled[:, :3], vis, light)
+        shading = sh_shading(outputs["uv_detail_normals"], light)
+        pred = {"uv_texture": albedo * shading, "uv_texture_gt": sampled[:, :3], "uv_vis_mask": vis,
+                "uv_z": outputs["uv_z"], "uv_shading": shading}
         return self.loss_fn(pred, self.box)
 
     @paddle.no_grad()
