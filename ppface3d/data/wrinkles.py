@@ -63,7 +63,7 @@ class Wrinkles:
         seed: seed of the bump fields (part of the model, not of a subject).
     """
 
-    def __init__(self, face, size: int = 256, depth: float = 0.0025, width: float = 3.5, bumps: float = 0.0004,
+    def __init__(self, face, size: int = 256, depth: float = 0.0035, width: float = 3.5, bumps: float = 0.0001,
                  n_bumps: int = 8, seed: int = 0):
         if int(size) < 64 or depth < 0 or width <= 0 or bumps < 0:
             raise ConfigError(f"wrinkles: size >= 64, depth >= 0, width > 0, bumps >= 0; got size={size}, "

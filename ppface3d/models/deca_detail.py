@@ -330,9 +330,13 @@ class DECADetail(nn.Layer):
         return out
 
     def _normal_renders(self, dec: Dict[str, paddle.Tensor], uv_z: paddle.Tensor) -> Dict[str, paddle.Tensor]:
-        """World normals of the mesh ``dec`` rendered with its vertex normals ('normal_coarse') and
-        with the detail map of ``uv_z`` on it ('normal_detail'), and its silhouette ('alpha')."""
-        coarse = self.face.render(dec, mode="shape")
+        """World normals of the mesh ``dec`` rendered with the detail map of a zero displacement
+        ('normal_coarse') and of ``uv_z`` ('normal_detail'), and its silhouette ('alpha'). Both go
+        through the same normal-map path (DECA's ``displacement2normal``: the normals of the
+        displaced surface over the coarse triangles, which are flat where the displacement is 0),
+        as the ground truth does, so that the two differ by the displacement alone."""
+        coarse = self.face.render(dec, mode="shape", normal_map=self.detail_normals(paddle.zeros_like(uv_z),
+                                                                                   dec["vertices"]))
         detail = self.face.render(dec, mode="shape", normal_map=self.detail_normals(uv_z, dec["vertices"]))
         return {"normal_coarse": coarse["normal_images"], "normal_detail": detail["normal_images"],
                 "alpha": coarse["alpha_images"]}
