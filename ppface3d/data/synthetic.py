@@ -145,8 +145,9 @@ class SyntheticFaces(paddle.io.Dataset):
         wrinkles: detail ground truth (``{}`` for the defaults, None = off): procedural,
             expression-driven wrinkle displacement maps (:class:`~ppface3d.data.wrinkles.Wrinkles`;
             the dict's keys are its arguments: size, depth, width, bumps, n_bumps) rendered into
-            the images through the detail normals. The subject's detail parameters are drawn from
-            their own random stream, so every other ground truth is unchanged.
+            the images through the detail normals, returned as ``displacement`` (K, T, T). The
+            subject's detail parameters are drawn from their own random stream, so every other
+            ground truth is unchanged.
         detail_gt: with ``wrinkles``, also return ``normal_gt`` (K, 3, S, S) the rendered
             (detailed) world normals and ``detail_region`` (K, S, S) the face region they cover
             (the UV face mask seen in the image): the detail metric's ground truth.
@@ -288,7 +289,8 @@ class SyntheticFaces(paddle.io.Dataset):
         bgs = np.stack([make_background(np.random.default_rng(int(s)), self.S, photos)
                         for c in cs for s in c["jitter"]["bg_seed"]])
         lights = np.concatenate([c["light"] for c in cs])
-        nmap = self.detail.normal_maps(indices, cs, dec["vertices"]) if self.detail is not None else None
+        disp = self.detail.displacements(indices, cs) if self.detail is not None else None
+        nmap = self.detail.normal_maps(disp, dec["vertices"]) if disp is not None else None
         r = face.render(dec, light=t(lights), albedo=alb, background=t(bgs), normal_map=nmap)
         img = r["images"].numpy().reshape([n, K, 3, self.S, self.S])
         mask = (r["alpha_images"].numpy()[:, 0] > 0.5).astype(np.uint8).reshape([n, K, self.S, self.S])
@@ -319,6 +321,8 @@ class SyntheticFaces(paddle.io.Dataset):
             })
             if geo is not None:
                 out[-1]["geometry"] = geo[j]
+            if disp is not None:
+                out[-1]["displacement"] = disp[j * K:(j + 1) * K].astype(np.float16)
             if self.detail_gt:
                 out[-1]["normal_gt"] = normal_gt[j]
                 out[-1]["detail_region"] = region[j]
@@ -423,6 +427,8 @@ class SyntheticFaces(paddle.io.Dataset):
             g = out["geometry"][..., ::-1].copy()
             g[:, 0] *= -1.0  # normal x
             o["geometry"] = g
+        if "displacement" in out:  # the UV layout is mirror-symmetric in u
+            o["displacement"] = np.ascontiguousarray(out["displacement"][..., ::-1])
         if "normal_gt" in out:
             g = out["normal_gt"][..., ::-1].copy()
             g[:, 0] *= -1.0
@@ -450,6 +456,8 @@ class SyntheticFaces(paddle.io.Dataset):
         out["gt_lmk3d_neutral"] = np.repeat(s["gt_lmk3d_neutral"][None], self.K, 0)
         if "geometry" in s:
             out["geometry"] = s["geometry"].astype(np.float32)
+        if "displacement" in s:
+            out["displacement"] = s["displacement"].astype(np.float32)
         if "normal_gt" in s:
             out["normal_gt"] = s["normal_gt"].astype(np.float32)
             out["detail_region"] = s["detail_region"].astype(np.float32)

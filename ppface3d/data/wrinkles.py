@@ -246,10 +246,10 @@ class SyntheticDetail:
                                         np.concatenate([c["pose"][:, 3:] for c in cs]))
         return self.wrinkles.displacement(act, [p for i in indices for p in [self.subject_params(i)] * K])
 
-    def normal_maps(self, indices, cs, vertices: paddle.Tensor) -> paddle.Tensor:
-        """(N, 4, S, S) weighted detail normal maps (for ``render(normal_map=...)``) of the posed
-        ``vertices`` (N, V, 3) of subjects ``indices``."""
-        disp = paddle.to_tensor(self.displacements(indices, cs)[:, None])
+    def normal_maps(self, displacements: np.ndarray, vertices: paddle.Tensor) -> paddle.Tensor:
+        """(N, 4, S, S) weighted detail normal maps (for ``render(normal_map=...)``) of
+        ``displacements`` (N, S, S) on the posed ``vertices`` (N, V, 3)."""
+        disp = paddle.to_tensor(np.asarray(displacements, np.float32)[:, None])
         return self.data.face.detail_normal_map(disp, vertices, self.wrinkles.mask > 0.5, weighted=True)
 
     @staticmethod

@@ -77,6 +77,13 @@ def symmetry_loss(uv_z: paddle.Tensor, vis_mask: paddle.Tensor) -> paddle.Tensor
     return (nonvis * (uv_z - uv_z.flip([3]).detach()).abs()).sum()
 
 
+def supervised_displacement_loss(uv_z: paddle.Tensor, gt: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
+    """Mean absolute error in millimetres of the displacement (N, 1, S, S) against the ground truth
+    (N, 1, S, S) over the texels of ``mask`` (1, 1, S, S) (metres in, millimetres out)."""
+    m = mask.expand(uv_z.shape)
+    return ((uv_z - gt).abs() * m).sum() / (m.sum() + 1e-6) * 1000.0
+
+
 def mrf_loss(gen: paddle.Tensor, tar: paddle.Tensor, bias: float = 1.0, sigma: float = 0.5) -> paddle.Tensor:
     """The implicit-diversity MRF term of ID-MRF (Wang et al. 2018, as in DECA's ``IDMRFLoss.mrf_loss``)
     between feature maps gen, tar (N, C, H, W), summed over the batch.
@@ -133,13 +140,17 @@ class DECADetailLoss:
         detail_consistency: DECA's swap of detail codes among the K images of a subject.
         patch: side the face box of the UV maps is resized to for the photometric terms (DECA 256;
             None = the map's own size).
+        disp: weight of a supervised term (not DECA's; 0 = off): mean absolute difference in
+            millimetres between the predicted and the ground-truth displacement inside the UV
+            face mask, used only when the batch carries the ground truth (SyntheticFaces with
+            wrinkles), as configs/deca.yml supervises the coarse codes on synthetic data.
     """
 
     def __init__(self, photo: float = 2.0, reg_z: float = 0.005, reg_diff: float = 0.005, reg_sym: float = 0.005,
                  mrf: float = 0.05, feature_net: Optional[dict] = None, detail_consistency: bool = True,
-                 patch: Optional[int] = None):
+                 patch: Optional[int] = None, disp: float = 0.0):
         self.w = dict(photo=float(photo), reg_z=float(reg_z), reg_diff=float(reg_diff), reg_sym=float(reg_sym),
-                      mrf=float(mrf))
+                      mrf=float(mrf), disp=float(disp))
         self.detail_consistency = bool(detail_consistency)
         self.patch = None if patch is None else int(patch)
         self.idmrf = None
@@ -151,7 +162,8 @@ class DECADetailLoss:
 
         pred: 'uv_texture' (N, 3, S, S) albedo x detail shading, 'uv_texture_gt' (N, 3, S, S)
         the photo in UV, 'uv_vis_mask' (N, 1, S, S), 'uv_z' (N, 1, S, S) displacement,
-        'uv_shading' (N, 3, S, S). ``box``: the UV face box (:func:`crop_box`).
+        'uv_shading' (N, 3, S, S); for ``disp``: 'displacement_gt' (N, 1, S, S), 'face_mask'
+        (1, 1, S, S). ``box``: the UV face box (:func:`crop_box`).
         """
         w, out = self.w, {}
         tex, gt, vis = pred["uv_texture"], pred["uv_texture_gt"], pred["uv_vis_mask"]
@@ -167,5 +179,8 @@ class DECADetailLoss:
             out["z_diff"] = shading_smooth_loss(pred["uv_shading"]) * w["reg_diff"]
         if w["reg_sym"] > 0:
             out["z_sym"] = symmetry_loss(pred["uv_z"], vis) * w["reg_sym"]
+        if w["disp"] > 0 and "displacement_gt" in pred:
+            out["z_supervised"] = supervised_displacement_loss(pred["uv_z"], pred["displacement_gt"],
+                                                               pred["face_mask"]) * w["disp"]
         out["loss"] = paddle.add_n(list(out.values())) if out else paddle.zeros([])
         return out

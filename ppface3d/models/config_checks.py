@@ -130,6 +130,11 @@ def check_detail_config(cfg) -> None:
         raise _mismatch(cfg, "model.loss.detail_consistency", True, "data.train.K", train.get("K", 1),
                         "detail consistency swaps detail codes among a subject's K images and needs K >= 2; set "
                         "data.train.K >= 2 or model.loss.detail_consistency=false")
+    disp = float(loss.get("disp") or 0)
+    if train is not None and disp > 0 and not (train.get("type") == _SYNTHETIC and train.get("wrinkles") is not None):
+        raise _mismatch(cfg, "model.loss.disp", disp, "data.train.wrinkles", train.get("wrinkles"),
+                        "the supervised displacement term needs SyntheticFaces with wrinkles; set model.loss.disp=0 "
+                        "for photos")
     names = [m.get("type") for m in (cfg.get("metrics") or []) if isinstance(m, dict)]
     if "DetailNormalMetric" in names:
         for split in ("val", "test"):

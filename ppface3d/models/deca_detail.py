@@ -153,6 +153,10 @@ class DECADetail(nn.Layer):
                                       width=encoder_width, pool=encoder_pool, image_size=self.image_size)
         self.D_detail = DetailDecoder(int(n_detail) + self.face.code_sizes["exp"] + 3, out_scale=max_z, out_size=S,
                                       channels=decoder_channels)
+        with paddle.no_grad():  # start near zero displacement (the coarse surface), not random grooves
+            out_conv = self.D_detail.conv_blocks[-2]
+            out_conv.weight.set_value(out_conv.weight * 0.01)
+            out_conv.bias.set_value(out_conv.bias * 0.0)
         self.uvmap = self.face.uv_map(S)
         self.face_eye_mask = self.face.uv_face_mask(S)
         self.face_mask = self.face_eye_mask
@@ -273,9 +277,11 @@ class DECADetail(nn.Layer):
 
     def _targets(self, batch: Dict, doubled: bool) -> Dict[str, paddle.Tensor]:
         t = {}
-        for k in ("image", "mask"):
+        for k in ("image", "mask", "displacement"):
+            if k not in batch:
+                continue
             v = batch[k]
-            if k == "image" and v.ndim == 4 or k == "mask" and v.ndim == 3:
+            if k == "image" and v.ndim == 4 or k in ("mask", "displacement") and v.ndim == 3:
                 v = v.unsqueeze(1)
             v = self._flat(v)
             t[k] = paddle.concat([v, v], 0) if doubled else v
@@ -302,7 +308,12 @@ class DECADetail(nn.Layer):
                 light = refit_light(albedo, outputs["uv_coarse_normals"], sampled[:, :3], vis, light)
         shading = sh_shading(outputs["uv_detail_normals"], light)
         pred = {"uv_texture": albedo * shading, "uv_texture_gt": sampled[:, :3], "uv_vis_mask": vis,
-                "uv_z": outputs["uv_z"], "uv_shading": shading}
+                "uv_z": outputs["uv_z"], "uv_shading": shading, "face_mask": self._mask_t}
+        if "displacement" in target:  # synthetic ground truth (SyntheticFaces with wrinkles)
+            gt = target["displacement"].unsqueeze(1)
+            if gt.shape[-1] != S:
+                gt = F.interpolate(gt, size=[S, S], mode="bilinear", align_corners=False)
+            pred["displacement_gt"] = gt
         return self.loss_fn(pred, self.box)
 
     @paddle.no_grad()

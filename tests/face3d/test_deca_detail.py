@@ -410,6 +410,8 @@ def test_infer_writes_detail_outputs(built, tmp_path):
     ({"data": {"test": {"detail_gt": False}}}, r"metrics='DetailNormalMetric' .* data.test.detail_gt=False"),
     ({"data": {"test": {"wrinkles": {"size": 64}}}}, r"data.train.wrinkles=.* data.test.wrinkles=.* disagree"),
     ({"model": {"decoder_channels": [8, 8]}}, r"model.decoder_channels"),
+    ({"model": {"loss": {"disp": 1.0}}, "data": {"train": {"wrinkles": None}, "test": {"wrinkles": None}}},
+     r"model.loss.disp=1.0 .* data.train.wrinkles=None"),
     ({"model": {"coarse": None, "coarse_weights": None}}, r"model.coarse_weights"),
 ])
 def test_config_errors(over, match):
