@@ -91,7 +91,12 @@ def test_losses_match_deca_torch():
     assert float(L.mrf_loss(p(fb), p(fb))) < float(L.mrf_loss(p(fa), p(fb)))
     # the loss object: DECA's weights, and ID-MRF off without a feature network
     loss = L.DECADetailLoss()
-    assert loss.w == dict(photo=2.0, reg_z=0.005, reg_diff=0.005, reg_sym=0.005, mrf=0.05) and loss.idmrf is None
+    assert loss.w == dict(photo=2.0, reg_z=0.005, reg_diff=0.005, reg_sym=0.005, mrf=0.05, disp=0.0)
+    assert loss.idmrf is None
+    # the supervised term (not DECA's): mean |z - gt| in mm over the mask
+    gt_z, fm = rng.normal(0, 0.002, z.shape).astype(np.float32), (rng.random((1, 1, S, S)) > 0.5).astype(np.float32)
+    ref_sup = (np.abs(z - gt_z) * fm).sum() / (fm.sum() * N) * 1000.0
+    np.testing.assert_allclose(float(L.supervised_displacement_loss(p(z), p(gt_z), p(fm))), ref_sup, rtol=1e-4)
     out = loss({"uv_texture": p(tex), "uv_texture_gt": p(gt), "uv_vis_mask": p(vis), "uv_z": p(z),
                 "uv_shading": p(tex)}, box)
     assert set(out) == {"photo_detail", "z_reg", "z_diff", "z_sym", "loss"}
