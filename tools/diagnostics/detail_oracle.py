@@ -3,11 +3,13 @@
 
     python tools/diagnostics/detail_oracle.py -c configs/deca_detail.yml [-o model.coarse_weights=...] [-n 64]
 
-For each test face of the config (SyntheticFaces with wrinkles and detail_gt) it renders the
-normals of the coarse model's fit (``coarse``), of that fit carrying the ground-truth
-displacement (``oracle``), and of the true coarse mesh without detail (``true_coarse``: the
-wrinkles' own deviation), and prints their mean angular error against the ground truth over the
-face region (the ``DetailNormalMetric`` protocols) as one JSON line.
+For each test face of the config (SyntheticFaces with wrinkles and detail_gt) it renders, through
+the normal-map path the metric uses (``DetailNormalMetric``), the normals of the coarse model's
+fit with a zero displacement (``coarse``), of that fit carrying the ground-truth displacement
+(``oracle``), and of the true coarse mesh with a zero displacement (``true_coarse``: the detail's
+own deviation), and prints their mean angular error against the ground truth over the face
+region as one JSON line; ``vertex_vs_flat`` is the mean angle between the true mesh's vertex
+normals and its zero-displacement normal map (the flat triangles of DECA's displacement2normal).
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ def main(argv=None) -> int:
     model.eval()
     test = build_dataset(cfg, "test")
     face, t = model.face, paddle.to_tensor
-    errs = {"coarse": [], "oracle": [], "true_coarse": []}
+    errs = {"coarse": [], "oracle": [], "true_coarse": [], "vertex_vs_flat": []}
     n = min(args.n, len(test))
     test.prepare(range(n))
     with paddle.no_grad():
@@ -54,14 +56,18 @@ def main(argv=None) -> int:
             mask = test.detail.wrinkles.mask > 0.5
             true, cam = test.posed(c)
             true = face.place(true, t(cam))
-            renders = {"coarse": face.render(pred, mode="shape"),
-                       "oracle": face.render(pred, mode="shape", normal_map=face.detail_normal_map(
-                           disp, pred["vertices"], mask, weighted=True)),
-                       "true_coarse": face.render(true, mode="shape")}
+            def normals(dec, d):
+                return face.render(dec, mode="shape", normal_map=face.detail_normal_map(
+                    d, dec["vertices"], mask, weighted=True))
+
+            zero = disp * 0.0
+            renders = {"coarse": normals(pred, zero), "oracle": normals(pred, disp), "true_coarse": normals(true, zero)}
             region = s["detail_region"] > 0.5
             for k, r in renders.items():
                 m = region & (r["alpha_images"].numpy()[:, 0] > 0.5)
                 errs[k].append(normal_angles(r["normal_images"].numpy(), s["normal_gt"])[m])
+            vertex = face.render(true, mode="shape")["normal_images"].numpy()
+            errs["vertex_vs_flat"].append(normal_angles(vertex, renders["true_coarse"]["normal_images"].numpy())[region])
     out = {k: round(float(np.concatenate(v).mean()), 3) for k, v in errs.items()}
     out["oracle_ratio"] = round(out["oracle"] / out["coarse"], 3)
     out["faces"] = n
