@@ -49,7 +49,8 @@ def dense_landmark_loss(pred: paddle.Tensor, target: paddle.Tensor, weight: padd
 
 def landmark_objective(face, codes: Dict[str, paddle.Tensor], target68: paddle.Tensor,
                        target_dense: Optional[paddle.Tensor] = None, dense_weight: Optional[paddle.Tensor] = None,
-                       w_dense: float = 1.0, w_shape: float = 2e-3, w_exp: float = 1e-3) -> Dict[str, paddle.Tensor]:
+                       w_dense: float = 1.0, w_shape: float = 2e-3, w_exp: float = 1e-3,
+                       data_scale: float = 1.0) -> Dict[str, paddle.Tensor]:
     """Landmark fitting terms of a batch of codes (DECA camera), evaluated on the landmark vertices only.
 
     Args:
@@ -58,6 +59,7 @@ def landmark_objective(face, codes: Dict[str, paddle.Tensor], target68: paddle.T
         codes: 'shape', 'exp', 'pose', 'cam' (B, ...).
         target68: (B, 68, 3) screen NDC + confidence.
         target_dense: (B, L, 2) screen NDC dense targets, ``dense_weight`` (L,) or (B, L).
+        data_scale: factor on the landmark and dense terms (K views of one shape: K).
     Returns: 'landmark' (68-point terms), 'dense', 'prior' and their weighted sum 'loss'; plus
     'landmarks2d' (B, 68, 2) and, with dense targets, 'dense2d' (B, L, 2).
     """
@@ -70,12 +72,12 @@ def landmark_objective(face, codes: Dict[str, paddle.Tensor], target68: paddle.T
     prior = w_shape * code_l2(codes["shape"]) + w_exp * code_l2(codes["exp"])
     prior = prior + 10.0 * code_l2(jaw[:, 1:]) + 100.0 * code_l2(F.relu(-jaw[:, :1]))
     out = {"landmark": l_lmk, "prior": prior, "landmarks2d": lm}
-    loss = l_lmk + prior
+    loss = data_scale * l_lmk + prior
     if target_dense is not None and fo.landmarks_dense is not None:
         d2 = cam.project(fo.landmarks_dense)
         out["dense"] = dense_landmark_loss(d2, target_dense, dense_weight)
         out["dense2d"] = d2
-        loss = loss + w_dense * out["dense"]
+        loss = loss + data_scale * w_dense * out["dense"]
     out["loss"] = loss
     return out
 
@@ -161,9 +163,14 @@ class FaceFitter:
         return c
 
     def _decode(self, p, render: bool, deca_cam: bool = False):
-        out = self.face.decode(self._codes(p, deca_cam))
+        c = self._codes(p, deca_cam)
+        K = c["exp"].shape[0]
+        for k in ("shape", "tex"):  # one identity shared by K views
+            if c[k].shape[0] != K:
+                c[k] = c[k].expand([K, c[k].shape[1]])
+        out = self.face.decode(c)
         if render:
-            r = self.face.render(out, light=p["light"], albedo=self.face.albedo_map(p["tex"]))
+            r = self.face.render(out, light=c["light"], albedo=self.face.albedo_map(c["tex"]))
             out["image"], out["alpha"] = r["images"], r["alpha_images"]
         return out
 
@@ -203,24 +210,44 @@ class FaceFitter:
         codes to start from (DECA camera); ``fixed``: names of codes held at their ``init`` value
         (e.g. ('shape', 'tex') for a known identity). Returns codes as numpy arrays with a leading
         batch axis of 1, plus 'loss_landmark' (and 'loss_dense', 'loss_photo') final values."""
+        return self.fit_views([face], init, fixed)
+
+    def fit_views(self, faces, init: Optional[Dict[str, np.ndarray]] = None, fixed=()) -> Dict[str, np.ndarray]:
+        """Fit K crops of one person together: one shape and albedo code (1, n), per view
+        expression, pose, camera and light (K, ...). The views' landmark terms add up (K views
+        weigh K times one against the shape prior). Same arguments and outputs as :meth:`fit`;
+        ``init`` per-view codes may have a batch of 1 (broadcast) or K."""
         from tqdm import tqdm
 
         from ..face_model import sh_ambient
 
-        t68, dense, image, mask = self.targets(face)
-        dense_w = paddle.to_tensor(self._dense.weight) if dense is not None else None
+        K = len(faces)
+        tg = [self.targets(f) for f in faces]
+        t68 = paddle.concat([t[0] for t in tg])
+        image = paddle.concat([t[2] for t in tg])
+        mask = paddle.concat([t[3] for t in tg])
+        dense = dense_w = None
+        if any(t[1] is not None for t in tg):
+            w = self._dense.weight
+            dense = paddle.concat([t[1] if t[1] is not None else paddle.zeros([1, len(w), 2]) for t in tg])
+            dense_w = paddle.to_tensor(np.stack([w if t[1] is not None else np.zeros_like(w) for t in tg]))
         self._set_origin()
         init = dict(init or {})
         if "cam" in init:
             init["cam"] = self.to_fit_camera(init["cam"])
-        pose = np.asarray(init.get("pose", np.zeros((1, 6), np.float32)), np.float32).reshape(1, 6)
+
+        def per_view(key, default):
+            v = np.asarray(init.get(key, default), np.float32)
+            return np.ascontiguousarray(np.broadcast_to(v, (K,) + v.shape[1:])) if v.shape[0] == 1 else v
+
+        pose = per_view("pose", np.zeros((1, 6), np.float32)).reshape(K, 6)
         p = {
-            "shape": init.get("shape", np.zeros((1, self.n["shape"]), np.float32)),
-            "exp": init.get("exp", np.zeros((1, self.n["exp"]), np.float32)),
+            "shape": np.asarray(init.get("shape", np.zeros((1, self.n["shape"]), np.float32)))[:1],
+            "exp": per_view("exp", np.zeros((1, self.n["exp"]), np.float32)),
             "glob": pose[:, :3], "jaw": pose[:, 3:],
-            "cam": init.get("cam", np.zeros((1, 3), np.float32)),
-            "tex": init.get("tex", np.zeros((1, self.n["tex"]), np.float32)),
-            "light": np.asarray(init.get("light", sh_ambient(1.0)[None]), np.float32).reshape(1, 9, 3),
+            "cam": per_view("cam", np.zeros((1, 3), np.float32)),
+            "tex": np.asarray(init.get("tex", np.zeros((1, self.n["tex"]), np.float32)))[:1],
+            "light": per_view("light", sh_ambient(1.0)[None]).reshape(K, 9, 3),
         }
         p = {k: paddle.create_parameter(list(np.shape(v)), "float32",
                                         default_initializer=paddle.nn.initializer.Assign(np.asarray(v, np.float32)))
@@ -231,38 +258,31 @@ class FaceFitter:
         bar = tqdm(total=total, desc="fit", disable=not self.progress, leave=False)
         final = {}
 
-        def lmk_step(opt, step, n):
-            opt.set_lr(_cosine(step, n, self.lr))
-            o = landmark_objective(self.face, self._codes(p), t68, dense, dense_w, self.w["dense"],
-                                   self.w["shape"], self.w["exp"])
-            loss = o["loss"]
-            loss.backward()
-            opt.step()
-            opt.clear_grad()
-            bar.update(1)
-            final["loss_landmark"] = float(o["landmark"])
-            if "dense" in o:
-                final["loss_dense"] = float(o["dense"])
-            return o
-
-        # 1. rigid: camera and head rotation (expression, shape and jaw at their start)
-        names = [n for n in ("cam", "glob") if n not in fixed]
-        if rigid and names:
-            opt = paddle.optimizer.Adam(self.lr, parameters=[p[n] for n in names])
-            for it in range(rigid):
-                lmk_step(opt, it, rigid)
-        # 2. landmarks (+ dense points): every geometry code not held fixed
-        names = [n for n in ("cam", "glob", "jaw", "exp", "shape") if n not in fixed]
-        if self.iters[0] and names:
-            opt = paddle.optimizer.Adam(self.lr, parameters=[p[n] for n in names])
-            for it in range(self.iters[0]):
-                lmk_step(opt, it, self.iters[0])
+        def run(names, n, lr):
+            if not names or not n:
+                return
+            opt = paddle.optimizer.Adam(lr, parameters=[p[k] for k in names])
+            for it in range(n):
+                opt.set_lr(_cosine(it, n, lr))
+                o = landmark_objective(self.face, self._codes(p), t68, dense, dense_w, self.w["dense"],
+                                       self.w["shape"], self.w["exp"], data_scale=K)
+                o["loss"].backward()
+                opt.step()
+                opt.clear_grad()
+                bar.update(1)
+                final["loss_landmark"] = float(o["landmark"])
+                if "dense" in o:
+                    final["loss_dense"] = float(o["dense"])
                 if it % 10 == 0:
-                    bar.set_postfix(stage="landmarks", lmk=f"{final['loss_landmark']:.4f}")
+                    bar.set_postfix(lmk=f"{final['loss_landmark']:.4f}")
+
+        # 1. rigid: camera and head rotation; 2. landmarks (+ dense points): every geometry code not held fixed
+        run([n for n in ("cam", "glob") if n not in fixed], rigid, self.lr)
+        run([n for n in ("cam", "glob", "jaw", "exp", "shape") if n not in fixed], self.iters[0], self.lr)
         # 3. albedo and light in closed form
-        app = [n for n in ("tex", "light") if n not in fixed]
-        if app:
-            tex, light = self.solve_appearance(p, image, mask, solve_tex="tex" in app, solve_light="light" in app)
+        if "tex" not in fixed or "light" not in fixed:
+            tex, light = self.solve_appearance(p, image, mask, solve_tex="tex" not in fixed,
+                                               solve_light="light" not in fixed)
             with paddle.no_grad():
                 p["tex"].set_value(paddle.to_tensor(tex))
                 p["light"].set_value(paddle.to_tensor(light))
@@ -276,7 +296,7 @@ class FaceFitter:
                 lm = out["landmarks2d"]
                 l_lmk = landmark_loss(lm, t68) + eye_closure_loss(lm, t68) + 0.5 * lip_closure_loss(lm, t68)
                 l_photo = photometric_loss(out["image"], image, mask)
-                loss = l_lmk + self.w["photo"] * l_photo + self.w["shape"] * code_l2(p["shape"]) \
+                loss = K * (l_lmk + self.w["photo"] * l_photo) + self.w["shape"] * code_l2(p["shape"]) \
                     + self.w["exp"] * code_l2(p["exp"]) + self.w["tex"] * code_l2(p["tex"]) \
                     + self.w["light"] * light_regularizer(p["light"])
                 loss.backward()
@@ -286,47 +306,59 @@ class FaceFitter:
                 final["loss_landmark"], final["loss_photo"] = float(l_lmk), float(l_photo)
         bar.close()
         codes = {k: v.numpy().astype(np.float32) for k, v in self._codes(p).items()}
-        codes["light"] = codes["light"].reshape(1, 9, 3)
+        codes["light"] = codes["light"].reshape(K, 9, 3)
         codes.update({k: np.float32(v) for k, v in final.items()})
         return codes
 
     @paddle.no_grad()
     def solve_appearance(self, p, image: paddle.Tensor, mask: paddle.Tensor, rounds: int = 3,
                          solve_tex: bool = True, solve_light: bool = True):
-        """Albedo code and SH light for fixed geometry, by alternating linear least squares over
-        the face-mask pixels the mesh covers: image = (mean + basis @ tex)(uv) * (SH(normal) @ light).
-        Returns (tex (1, n_tex), light (1, 9, 3)) numpy."""
+        """Albedo code (one, shared by the views) and SH light (per view) for fixed geometry, by
+        alternating linear least squares over the face-mask pixels the mesh covers:
+        image = (mean + basis @ tex)(uv) * (SH(normal) @ light). image (K, 3, S, S), mask (K, S, S).
+        Returns (tex (1, n_tex), light (K, 9, 3)) numpy."""
         from ..render.interpolate import sample_texture
         from ..render.shading import SH_CONSTANTS, _raw_basis
 
-        out = self._decode(p, render=False)
-        alb = self.face.albedo_map(p["tex"])
-        r = self.face.render(out, light=p["light"], albedo=alb)
-        m = (mask.unsqueeze(1) * r["alpha_images"]).numpy()[0, 0] > 0.5
+        K = image.shape[0]
+        r = self._decode(p, render=False)
+        r = self.face.render(r, light=p["light"], albedo=self.face.albedo_map(p["tex"]).expand([K, 3, -1, -1]))
+        ms = (mask.unsqueeze(1) * r["alpha_images"]).numpy()[:, 0] > 0.5
         tex = p["tex"].numpy().astype(np.float64)[0]
-        light = p["light"].numpy().astype(np.float64).reshape(9, 3)
-        if m.sum() < 20:
-            return tex[None].astype(np.float32), light[None].astype(np.float32)
-        uv = r["uv_images"]
+        light = p["light"].numpy().astype(np.float64).reshape(K, 9, 3)
         A = self.face.albedo
-        T = A.uv_size
-        mean = sample_texture(A.mean.reshape([1, 3, T, T]), uv).numpy()[0][:, m].T.astype(np.float64)  # (P, 3)
-        nt = A.n_tex
-        basis = sample_texture(A.basis.reshape([1, nt * 3, T, T]), uv).numpy()[0][:, m]
-        basis = basis.reshape(nt, 3, -1).transpose(2, 1, 0).astype(np.float64)  # (P, 3, nt)
-        Y = (_raw_basis(r["normal_images"]) * paddle.to_tensor(SH_CONSTANTS).reshape([1, 9, 1, 1])).numpy()[0][:, m].T
-        I = image.numpy()[0][:, m].T.astype(np.float64)  # (P, 3)
-        P = len(I)
-        lam_t = self.w["tex"] * P * 0.5 + 1e-6
+        T, nt = A.uv_size, A.n_tex
+        mean_img = sample_texture(A.mean.reshape([1, 3, T, T]).expand([K, 3, T, T]), r["uv_images"]).numpy()
+        basis_img = sample_texture(A.basis.reshape([1, nt * 3, T, T]).expand([K, nt * 3, T, T]), r["uv_images"]).numpy()
+        Y_img = (_raw_basis(r["normal_images"]) * paddle.to_tensor(SH_CONSTANTS).reshape([1, 9, 1, 1])).numpy()
+        img = image.numpy()
+        views = []
+        for k in range(K):
+            m = ms[k]
+            if m.sum() < 20:
+                continue
+            views.append(dict(k=k, mean=mean_img[k][:, m].T.astype(np.float64),
+                              basis=basis_img[k][:, m].reshape(nt, 3, -1).transpose(2, 1, 0).astype(np.float64),
+                              Y=Y_img[k][:, m].T.astype(np.float64), I=img[k][:, m].T.astype(np.float64)))
+        if not views:
+            return tex[None].astype(np.float32), light.astype(np.float32)
+        P = sum(len(v["I"]) for v in views)
+        lam_t = self.w["tex"] * P * 0.5 / max(len(views), 1) + 1e-6
         for _ in range(rounds):
-            a = np.clip(mean + basis @ tex, 0.0, 1.0)
-            if solve_light:  # per channel: I_c = a_c * (Y @ l_c), light whiteness as a small ridge
-                for c in range(3):
-                    X = Y * a[:, c:c + 1]
-                    light[:, c] = np.linalg.solve(X.T @ X + 1e-3 * P * np.eye(9) * 0.01, X.T @ I[:, c])
-            if solve_tex:  # I = (mean + basis @ tex) * shading
-                s = Y @ light  # (P, 3)
-                X = (basis * s[:, :, None]).reshape(P * 3, nt)
-                y = (I - mean * s).reshape(-1)
-                tex = np.linalg.solve(X.T @ X + lam_t * np.eye(nt), X.T @ y)
-        return tex[None].astype(np.float32), light[None].astype(np.float32)
+            if solve_light:  # per view and channel: I_c = a_c * (Y @ l_c), a small ridge
+                for v in views:
+                    a = np.clip(v["mean"] + v["basis"] @ tex, 0.0, 1.0)
+                    n = len(v["I"])
+                    for ch in range(3):
+                        X = v["Y"] * a[:, ch:ch + 1]
+                        light[v["k"], :, ch] = np.linalg.solve(X.T @ X + 1e-5 * n * np.eye(9), X.T @ v["I"][:, ch])
+            if solve_tex:  # I = (mean + basis @ tex) * shading, every view's pixels together
+                XtX, Xty = lam_t * np.eye(nt), np.zeros(nt)
+                for v in views:
+                    sh = v["Y"] @ light[v["k"]]  # (P, 3)
+                    X = (v["basis"] * sh[:, :, None]).reshape(-1, nt)
+                    y = (v["I"] - v["mean"] * sh).reshape(-1)
+                    XtX += X.T @ X
+                    Xty += X.T @ y
+                tex = np.linalg.solve(XtX, Xty)
+        return tex[None].astype(np.float32), light.astype(np.float32)

@@ -164,7 +164,7 @@ def _lift(points_px, pix_to_face, screen_xy, faces, size):
     return np.where(ok, fi, -1), b
 
 
-def _paint(flame) -> np.ndarray:
+def feature_colors(flame) -> np.ndarray:
     """(V, 3) vertex colours that make a render read as a face to a detector: skin, darker lips
     (inside the template's outer-lip landmark polygon) and brows (along the brow landmarks),
     white eyeballs with iris and pupil, a dark mouth bag. Any FLAME topology with a 68-point
@@ -216,7 +216,7 @@ def _views(face, views: int, seed: int):
     rng = np.random.default_rng(seed)
     t = paddle.to_tensor
     ns = face.code_sizes["shape"]
-    paint = _paint(face.flame)
+    paint = feature_colors(face.flame)
     for k in range(views):
         first = k == 0  # the mean head, frontal
         shape = np.zeros((1, ns), np.float32) if first else rng.normal(size=(1, ns)).astype(np.float32)
