@@ -28,7 +28,6 @@ import paddle.nn.functional as F
 
 from ppengine.errors import InputError
 
-
 # the fitter's settings for fusion: a weaker shape prior than one photo's (the K views' landmark
 # terms add up; measured in docs/tracking.md)
 FUSE_FIT = dict(w_shape=2e-5)
