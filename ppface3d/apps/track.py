@@ -232,9 +232,10 @@ class Tracker:
             if not os.path.isfile(path(a)):
                 break
             with np.load(path(a)) as z:
-                last = z["box"][z["found"]]
+                fnd = z["found"].astype(bool)
+                last = z["box"][fnd]
                 if len(last):
-                    assoc.last, assoc.lost = last[-1].astype(np.float64), int(b - a - np.nonzero(z["found"])[0][-1] - 1)
+                    assoc.last, assoc.lost = last[-1].astype(np.float64), int(b - a - np.nonzero(fnd)[0][-1] - 1)
                 else:
                     assoc.lost += b - a
             start = b
@@ -342,40 +343,28 @@ class Tracker:
         tf = (times - times[0]) / max(step_t, 1e-6)  # frame units
         cam0 = keyc["cam"][0]
         solver = WindowSolver(self.face, shape, self.s, None if self.emb is None else self.emb.weight, float(cam0[0]))
-        W = self.s.window
-        out = {"exp": np.zeros((n, keyc["exp"].shape[1]), np.float32),
-               "pose": np.zeros((n, 6), np.float32), "cam": np.zeros((n, 3), np.float32)}
         # warm start of the first window: the keyframe nearest the first frame with a face
         first = int(np.argmin(np.abs(keys - np.nonzero(det["found"])[0][0])))
-        last = {k: keyc[k][first:first + 1] for k in ("exp", "pose", "cam")}
+        init = {k: keyc[k][first:first + 1] for k in ("exp", "pose", "cam")}
         tag = "smooth" if smooth else "frame"
+        path = lambda a: os.path.join(state, f"{tag}_{a:06d}.npz")  # noqa: E731
+
+        def load(a):
+            if not os.path.isfile(path(a)):
+                return None
+            with np.load(path(a)) as z:
+                return {k: z[k] for k in ("exp", "pose", "cam")}
+
+        def save(a, res):
+            def write(tmp):
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, **res)
+
+            atomic_save(path(a), write)
+
         bar, step = self._bar("track", n)
-        for a in range(0, n, W):
-            b = min(a + W, n)
-            path = os.path.join(state, f"{tag}_{a:06d}.npz")
-            if os.path.isfile(path):
-                with np.load(path) as z:
-                    res = {k: z[k] for k in ("exp", "pose", "cam")}
-            else:
-                init = {k: np.repeat(last[k][-1:], b - a, 0) for k in last}
-                ctx = ctx_t = None
-                if a > 0:
-                    c0 = max(0, a - 2)
-                    ctx = {k: out[k][c0:a] for k in out}
-                    ctx_t = tf[c0:a]
-                res = solver.solve(t68[a:b], dense[a:b] if self.emb is not None else None,
-                                   det["found"][a:b].astype(np.float32), tf[a:b], init, ctx, ctx_t, smooth=smooth)
-
-                def write(tmp, res=res):
-                    with open(tmp, "wb") as fh:
-                        np.savez(fh, **res)
-
-                atomic_save(path, write)
-            for k in out:
-                out[k][a:b] = res[k]
-            fnd = np.nonzero(det["found"][a:b])[0]
-            last = {k: out[k][a + (fnd[-1] if len(fnd) else b - a - 1)][None] for k in out}
-            step(b)
+        out = solver.track(t68, dense if self.emb is not None else None, det["found"], tf, init, self.s.window,
+                           smooth=smooth, load=load, save=save, progress=step)
         bar.close()
         return out
 

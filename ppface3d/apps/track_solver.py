@@ -146,11 +146,68 @@ class WindowSolver:
         every = ["scale", "trans", "rot", "jaw", "exp"]
         run(["scale", "trans", "rot"], s.rigid_iters, s.rigid_lr, False)  # each frame's head placed
         run(every, s.iters, s.lr, False)                                  # each frame fitted on its own
+        ok = np.asarray(found) > 0
+        if ok.any() and not ok.all():  # frames without a face start between their neighbours
+            with paddle.no_grad():
+                filled = fill_gaps({k: v.numpy() for k, v in p.items()}, ok, np.asarray(times, np.float64))
+                for k, v in filled.items():
+                    p[k].set_value(paddle.to_tensor(v))
         if smooth:                                                         # then the window together
             run(every, s.smooth_iters, s.smooth_lr, True)
         with paddle.no_grad():
             c = self.to_codes(p)
         return {"exp": c["exp"].numpy(), "pose": c["pose"].numpy(), "cam": c["cam"].numpy()}
+
+
+    def track(self, t68: np.ndarray, dense: Optional[np.ndarray], found: np.ndarray, times: np.ndarray,
+              init: Dict[str, np.ndarray], window: int, smooth: bool = True, load=None, save=None,
+              progress=None) -> Dict[str, np.ndarray]:
+        """Solve a whole sequence window by window: each window warm-started from the last frame
+        with a face before it, continued from the two frames before it when those had a face
+        (after a gap the re-found face is fitted afresh), then every run of frames without a
+        face interpolated between the frames around it (held at the ends).
+
+        Args: as :meth:`solve` for the whole sequence (T, ...); init (1, ...) codes of the start;
+            load(a) / save(a, codes): per-window state (resuming); progress(done).
+        Returns codes (T, ...): exp, pose, cam.
+        """
+        n = len(found)
+        found = np.asarray(found, bool)
+        out = {k: np.zeros((n,) + np.shape(init[k])[1:], np.float32) for k in ("exp", "pose", "cam")}
+        last = {k: np.asarray(init[k], np.float32)[-1:] for k in out}
+        for a in range(0, n, window):
+            b = min(a + window, n)
+            res = load(a) if load is not None else None
+            if res is None:
+                c0 = max(0, a - 2)
+                ctx = {k: out[k][c0:a] for k in out} if a > 0 and found[c0:a].all() else None
+                res = self.solve(t68[a:b], None if dense is None else dense[a:b], found[a:b].astype(np.float32),
+                                 times[a:b], {k: np.repeat(v, b - a, 0) for k, v in last.items()}, ctx,
+                                 times[c0:a] if ctx is not None else None, smooth=smooth)
+                if save is not None:
+                    save(a, res)
+            for k in out:
+                out[k][a:b] = res[k]
+            fnd = np.nonzero(found[a:b])[0]
+            if len(fnd):
+                last = {k: out[k][a + fnd[-1]][None] for k in out}
+            if progress is not None:
+                progress(b)
+        return fill_gaps(out, found, times)
+
+
+def fill_gaps(codes: Dict[str, np.ndarray], found: np.ndarray, times: np.ndarray) -> Dict[str, np.ndarray]:
+    """Codes of frames without a face: linear in time between the frames with a face around them,
+    held before the first and after the last."""
+    idx = np.nonzero(found)[0]
+    if len(idx) == 0 or len(idx) == len(found):
+        return codes
+    out = {}
+    for k, v in codes.items():
+        flat = v.reshape(len(v), -1)
+        filled = np.stack([np.interp(times, times[idx], flat[idx, j]) for j in range(flat.shape[1])], 1)
+        out[k] = np.where(np.asarray(found)[:, None], flat, filled).reshape(v.shape).astype(np.float32)
+    return out
 
 
 class OneEuroFilter:
