@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "put on each target face")
     p.add_argument("--animation", choices=["gif", "mp4"], default="gif", help="transfer animation format")
     p.add_argument("--frames", type=int, default=16, help="frames of the transfer animation")
-    p.add_argument("--fit-iters", type=int, nargs=2, default=[150, 100], metavar=("LANDMARK", "PHOTO"),
+    p.add_argument("--fit-iters", type=int, nargs=2, default=[100, 0], metavar=("LANDMARK", "PHOTO"),  # fit.DEFAULT_ITERS
                    help="Adam steps of the two fitting stages")
     p.add_argument("--fit-size", type=int, default=128, help="fitting resolution")
     p.add_argument("--every", type=int, default=5, help="video: use every N-th frame")

@@ -36,6 +36,9 @@ from ..losses.deca_losses import (
 )
 
 GEOMETRY_KEYS = ("cam", "pose", "exp", "shape")
+# (landmark, photometric) Adam steps of the default fit: the photometric refinement is off
+# (the closed-form albedo and light take its place; docs/deca.md measures both)
+DEFAULT_ITERS = (100, 0)
 _PARAMS = {"cam": ("cam",), "pose": ("glob", "jaw"), "exp": ("exp",), "shape": ("shape",), "tex": ("tex",),
            "light": ("light",)}
 

@@ -86,14 +86,13 @@ def test_closed_form_appearance_recovers_albedo_and_light(target):
 def test_dense_points_improve_the_fit_on_a_photo():
     """On the astronaut, the fit's inner landmarks come closer to an independent detector (dlib's
     68-point predictor) with mediapipe's dense points than with the 68 points alone."""
+    import dlib
+    import face_recognition_models as frm
     import skimage.data
 
     from ppface3d.apps.fit import FaceFitter
     from ppface3d.data.preprocess import FacePreprocessor
     from ppface3d.render import ndc_to_pixels
-
-    import dlib
-    import face_recognition_models as frm
 
     img = skimage.data.astronaut()
     rects, scores, _ = dlib.get_frontal_face_detector().run(img, 1, -0.5)

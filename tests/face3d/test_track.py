@@ -133,37 +133,13 @@ def test_animated_glb_loads_with_every_frame(face, tmp_path):
 @pytest.fixture(scope="module")
 def clip_files(tmp_path_factory):
     """A short synthetic clip with an audio track, and a clip without any face."""
-    from fractions import Fraction
-
-    import av
+    from av_clips import write_clip_with_tone
 
     from ppface3d.data.synthetic_clip import flame_clip, write_clip
 
     d = tmp_path_factory.mktemp("track")
     clip = flame_clip(T=12, size=160, seed=1, blur=False, occlusion=False)
-    silent = write_clip(str(d / "silent.mp4"), clip)
-    # the same frames with a tone (PyAV directly)
-    p = str(d / "clip.mp4")
-    with av.open(silent) as src, av.open(p, "w") as out:
-        vin = src.streams.video[0]
-        vs = out.add_stream("libx264", rate=25)
-        vs.width, vs.height, vs.pix_fmt, vs.time_base = vin.width, vin.height, "yuv420p", Fraction(1, 1000)
-        a = out.add_stream("aac", rate=16000)
-        for fr in src.decode(vin):
-            f2 = av.VideoFrame.from_ndarray(fr.to_ndarray(format="rgb24"), format="rgb24")
-            f2.pts, f2.time_base = int(round(fr.time * 1000)), Fraction(1, 1000)
-            for pk in vs.encode(f2):
-                out.mux(pk)
-        for pk in vs.encode():
-            out.mux(pk)
-        tone = (0.2 * np.sin(np.arange(8000) / 5.0)).astype(np.float32)[None]
-        for k in range(0, 8000, 1000):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, k:k + 1000]), format="fltp", layout="mono")
-            af.sample_rate, af.pts = 16000, k
-            for pk in a.encode(af):
-                out.mux(pk)
-        for pk in a.encode():
-            out.mux(pk)
+    p = write_clip_with_tone(str(d / "clip.mp4"), clip["frames"], clip["times"])
     noise = dict(clip, frames=np.random.default_rng(0).integers(0, 255, clip["frames"].shape).astype(np.uint8))
     return {"clip": p, "noface": write_clip(str(d / "noface.mp4"), noise), "T": 12}
 

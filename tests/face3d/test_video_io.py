@@ -1,7 +1,6 @@
 """Clips in and out: variable frame rate, rotated phone videos, audio, folders of frames, bad files."""
 import os
 import subprocess
-from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -24,29 +23,9 @@ def _frames(n, h=48, w=64):
 @pytest.fixture(scope="module")
 def vfr_audio(tmp_path_factory):
     """A VFR H.264 clip with an AAC tone, written by PyAV directly (not by the code under test)."""
-    import av
+    from av_clips import write_clip_with_tone
 
-    p = str(tmp_path_factory.mktemp("clips") / "vfr_audio.mp4")
-    with av.open(p, "w") as out:
-        vs = out.add_stream("libx264", rate=25)
-        vs.width, vs.height, vs.pix_fmt, vs.time_base = 64, 48, "yuv420p", Fraction(1, 1000)
-        a = out.add_stream("aac", rate=16000)
-        for f, t in zip(_frames(len(TIMES)), TIMES):
-            fr = av.VideoFrame.from_ndarray(f, format="rgb24")
-            fr.pts, fr.time_base = int(round(t * 1000)), Fraction(1, 1000)
-            for pk in vs.encode(fr):
-                out.mux(pk)
-        for pk in vs.encode():
-            out.mux(pk)
-        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(8000) / 16000)).astype(np.float32)[None]
-        for k in range(0, tone.shape[1], 1024):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, k:k + 1024]), format="fltp", layout="mono")
-            af.sample_rate, af.pts = 16000, k
-            for pk in a.encode(af):
-                out.mux(pk)
-        for pk in a.encode():
-            out.mux(pk)
-    return p
+    return write_clip_with_tone(str(tmp_path_factory.mktemp("clips") / "vfr_audio.mp4"), _frames(len(TIMES)), TIMES)
 
 
 def test_vfr_audio_round_trip(vfr_audio, tmp_path):

@@ -22,6 +22,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from diag_common import keyword_values  # noqa: E402
 
 
 def real_photos():
@@ -76,10 +78,7 @@ def main(argv=None):
     from ppface3d.data.preprocess import MEDIAPIPE_TO_68, FacePreprocessor
     from ppface3d.render import ndc_to_pixels
 
-    kw = {}
-    for s in a.set:
-        k, v = s.split("=", 1)
-        kw[k] = float(v) if "." in v or "e" in v else int(v)
+    kw = keyword_values(a.set)
     fitter = FaceFitter(progress=False, **kw)
     pre = FacePreprocessor()
     rows = []

@@ -20,6 +20,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from diag_common import keyword_values  # noqa: E402
 
 
 def main(argv=None):
@@ -39,10 +41,7 @@ def main(argv=None):
     from ppface3d.losses.metrics import now_errors
     from ppface3d.render import ndc_to_pixels
 
-    kw = {}
-    for s in a.set:
-        k, v = s.split("=", 1)
-        kw[k] = float(v) if "." in v or "e" in v else int(v)
+    kw = keyword_values(a.set)
     K = max(a.views)
     ds = SyntheticFaces(split="test", num_subjects=a.subjects, K=K, image_size=a.size, n_shape=100, n_exp=50,
                         n_tex=50, max_jaw=0.2)
