@@ -12,7 +12,8 @@ Per-frame: :class:`~ppface3d.apps.fit.FaceFitter` on each frame's crop on its ow
 ``--image clip.mp4``). Tracked: :func:`ppface3d.apps.track.track_video` (configs/track.yml with
 the ``-o`` overrides). Reported (one JSON line per clip and method):
 
-* ``nme``: 2D landmark error (68 points; % of the outer-eye-corner distance), against the
+* ``nme`` / ``nme_inner``: 2D landmark error (68 points / the 51 without the jaw line; % of the
+  outer-eye-corner distance), against the
   rendered ground truth (flame) or against mediapipe's detections on the static camera's frame
   mapped through the known camera motion (astronaut);
 * ``jitter_mm``: mean frame-to-frame acceleration |L(t+1) - 2 L(t) + L(t-1)| of the 68 posed 3D
@@ -57,8 +58,8 @@ def jitter(L, static):
     return float(acc[ok].mean()) if ok.any() else float("nan")
 
 
-def nme(pred_px, gt_px, valid=None):
-    d = np.linalg.norm(pred_px - gt_px, axis=-1).mean(-1)
+def nme(pred_px, gt_px, valid=None, points=slice(None)):
+    d = np.linalg.norm(pred_px[:, points] - gt_px[:, points], axis=-1).mean(-1)
     io = np.linalg.norm(gt_px[:, 36] - gt_px[:, 45], axis=-1)
     r = d / io
     return float(100 * (r[valid] if valid is not None else r).mean())
@@ -142,6 +143,7 @@ def evaluate(kind, frames_n, seed, overrides, do_per_frame=True):
         L, l2 = posed_landmarks(face, c["shape"], c["exp"], c["pose"], c["cam"])
         px = apply_transform(Tinv, ndc_to_pixels(l2, CLIP_CROP))
         row = dict(clip=kind, seed=seed, frames=frames_n, method=name, nme=round(nme(px, gt_px, valid), 3),
+                   nme_inner=round(nme(px, gt_px, valid, slice(17, 68)), 3),
                    jitter_mm=round(jitter(L, clip["static"]), 4), fps=round(fps, 2))
         if kind == "flame":
             n_exp = min(c["exp"].shape[1], clip["exp"].shape[1])
@@ -167,7 +169,8 @@ def evaluate(kind, frames_n, seed, overrides, do_per_frame=True):
     if do_per_frame:
         a, b = rows[0], rows[1]
         print(json.dumps(dict(clip=kind, seed=seed, jitter_ratio=round(a["jitter_mm"] / b["jitter_mm"], 3),
-                              nme_ratio=round(a["nme"] / b["nme"], 3))), flush=True)
+                              nme_ratio=round(a["nme"] / b["nme"], 3),
+                              nme_inner_ratio=round(a["nme_inner"] / b["nme_inner"], 3))), flush=True)
     return rows
 
 
