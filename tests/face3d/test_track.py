@@ -248,3 +248,17 @@ def test_cli_video_and_fuse_arguments(clip_files, tmp_path, capsys):
     assert main(["--images", "a.jpg", "b.jpg", "-O", str(tmp_path)]) == 2
     assert "--images goes with --fuse" in capsys.readouterr().err
     assert main(["-O", str(tmp_path)]) == 2
+
+
+def test_track_settings_are_checked():
+    from ppengine.errors import ConfigError
+    from ppface3d.apps.track import TrackSettings, load_track_config
+
+    model, s = load_track_config()  # configs/track.yml
+    assert s.window >= 2 and s.smooth2["rot"] > 0 and model["n_shape"] == 100
+    with pytest.raises(ConfigError, match="Did you mean 'window'"):
+        TrackSettings.from_dict({"windw": 8})
+    with pytest.raises(ConfigError, match="mica_weights"):
+        TrackSettings.from_dict({"identity": "mica"})
+    with pytest.raises(ConfigError, match="track.smooth2.rotation"):
+        TrackSettings.from_dict({"smooth2": {"rotation": 1.0}})
