@@ -52,6 +52,7 @@ class TrackSettings:
     window: int = 16
     keyframes: int = 6
     keyframe_iters: int = 150
+    keyframe_w_shape: float = 2e-4
     identity: str = "fit"
     mica_weights: Optional[str] = None
     mica_config: Optional[str] = None
@@ -60,7 +61,7 @@ class TrackSettings:
     iters: int = 40
     lr: float = 0.02
     rigid_lr: float = 0.05
-    smooth_iters: int = 40
+    smooth_iters: int = 80
     smooth_lr: float = 0.01
     w_dense: float = 1.0
     w_exp: float = 2e-4
@@ -188,7 +189,7 @@ class Tracker:
         if face is None:
             face = FaceModel.from_config(self.model_cfg, image_size=self.s.fit_size)
         self.fitter = FaceFitter(face, image_size=self.s.fit_size, landmark_iters=self.s.keyframe_iters,
-                                 w_dense=self.s.w_dense, progress=False)
+                                 w_dense=self.s.w_dense, w_shape=self.s.keyframe_w_shape, progress=False)
         self.face = self.fitter.face
         self.emb = self.fitter.dense_embedding() if self.s.w_dense > 0 else None
 
