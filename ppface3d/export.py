@@ -27,6 +27,8 @@ import paddle.nn.functional as F
 
 from ppengine.export import Component, TensorSpec, register_components, register_pipeline_info
 
+from .models.detail import N_DETAIL
+
 CODES = ("shape", "tex", "exp", "pose", "cam", "light")
 
 
@@ -34,13 +36,13 @@ def _code_shapes(model) -> dict:
     sizes = dict(model.code_sizes)
     out = {k: (int(sizes[k]),) for k in CODES if k != "light"}
     out["light"] = (9, 3)
-    if "detail" in sizes:
-        out["detail"] = (int(sizes["detail"]),)
+    if hasattr(model, "E_detail"):
+        out["detail"] = (N_DETAIL,)
     return out
 
 
 def _code_names(model):
-    return list(CODES) + (["detail"] if "detail" in model.code_sizes else [])
+    return list(CODES) + (["detail"] if hasattr(model, "E_detail") else [])
 
 
 class EncoderGraph(nn.Layer):
@@ -135,7 +137,7 @@ def face_components(model, options):
         n_exp = sizes["exp"][0]
         comps.append(Component(
             "detail_decoder", DetailGraph(model.D_detail),
-            [TensorSpec("detail", (b,) + sizes["detail"], description="DECA's detail code (encoder output)"),
+            [TensorSpec("detail", (b, N_DETAIL), description="DECA's detail code (encoder output)"),
              TensorSpec("expression", (b, n_exp), description="FLAME expression coefficients"),
              TensorSpec("jaw_pose", (b, 3), description="jaw axis-angle (pose[:, 3:6])", range=(-0.3, 0.3))],
             [TensorSpec("displacement", (b, 1, 256, 256), description="UV displacement along the normal (without "
