@@ -105,15 +105,14 @@ def test_sd_single_file_exports(sd_folder, tmp_path):
     path = save_single_file(sd, str(tmp_path / "model.safetensors"))
     out = tmp_path / "export"
     assert export_cli("-c", SD, "-o", f"model.checkpoint={path}", "-o", f"model.tokenizer={sd_folder / 'tok'}",
-                      "-o", "model.sample_size=32", "--component", "unet", "--target", "paddle",
+                      "-o", "model.sample_size=32", "--component", "vae_decoder", "--target", "paddle",
                       "--output", out) == 0
     with open(out / "manifest.json") as f:
         m = json.load(f)
-    assert list(m["components"]) == ["unet"]
+    assert list(m["components"]) == ["vae_decoder"]
     from ppengine.export.paddle_target import PaddleInferenceRunner
 
-    f = feeds_for(m, "unet")
-    got = PaddleInferenceRunner(str(out / "paddle" / "unet"), ["noise_pred"])(f)["noise_pred"]
-    ref = sd.unet(paddle.to_tensor(f["sample"]), paddle.to_tensor(f["timestep"]),
-                  paddle.to_tensor(f["encoder_hidden_states"][:, :, 0].transpose(0, 2, 1))).numpy()
+    f = feeds_for(m, "vae_decoder")
+    got = PaddleInferenceRunner(str(out / "paddle" / "vae_decoder"), ["image"])(f)["image"]
+    ref = sd.vae.decode(paddle.to_tensor(f["z"])).numpy()
     assert psnr(ref, got) >= 60
