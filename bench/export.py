@@ -16,6 +16,8 @@ load from elsewhere on the machine hits them alike; median seconds per run):
   with ppdiffusers' UNet2DConditionModel holding the same weights, (b)-(d) as above.
 * ``face``: DECA (configs/deca.yml) encoder + FLAME graph (``reconstruct``) per image, batch 1:
   dygraph, onnxruntime, Paddle Inference.
+* ``sizes`` (not in the default list): every default config's components exported with random
+  weights: bytes on disk per target and the worst PSNR of each file (docs/export.md's tables).
 
 Each backend's images are compared with ppldm's dygraph images (PSNR on [0, 1] pixels, and the
 largest difference in 0-255 steps); the fp32 floor is 60 dB. Prints one JSON line per case and
@@ -155,13 +157,13 @@ def case_sd(steps, repeats, tmp):
         return pipe(prompt=prompt, negative_prompt="", latents=noise, num_inference_steps=steps, guidance_scale=7.5,
                     height=size, width=size, output_type="np").images.transpose(0, 3, 1, 2)
 
-    def ppldm(graphs):
+    def ppldm_run(graphs):
         return lambda: _run_graphs(model, graphs, lambda: model.generate(
             prompt, latents=noise, steps=steps, guidance_scale=7.5, sampler="ddim", progress=False).numpy())
 
     backends = _backends(model, cfg, os.path.join(tmp, "export_sd"))
     fns = {"ppdiffusers dygraph": ppdiffusers_run}
-    fns.update({k: ppldm(g) for k, g in backends.items()})
+    fns.update({k: ppldm_run(g) for k, g in backends.items()})
     times, outs = _timed_rounds(fns, repeats)
     _report("sd", times, outs, "ppdiffusers dygraph",
             extra={"steps": steps, "image": size, "latent": c["size"], "unet_batch": 2})
@@ -200,13 +202,13 @@ def case_digits(steps, repeats, tmp):
                    guidance_scale=g, num_inference_steps=steps, seed=0, progress=False)
         return ((model.decode(z) + 1) / 2).clip(0, 1).numpy()
 
-    def ppldm(graphs):
+    def ppldm_run(graphs):
         return lambda: _run_graphs(model, graphs, lambda: model.generate(
             {"label": labels}, guidance_scale=g, steps=steps, seed=0).numpy())
 
     backends = _backends(model, cfg, os.path.join(tmp, "export_digits"))
     fns = {"ppdiffusers dygraph": ppdiffusers_run}
-    fns.update({k: ppldm(gr) for k, gr in backends.items()})
+    fns.update({k: ppldm_run(gr) for k, gr in backends.items()})
     times, outs = _timed_rounds(fns, repeats)
     _report("digits", times, outs, "ppdiffusers dygraph", extra={"steps": steps, "images": 4, "weights": weights})
 
@@ -250,6 +252,38 @@ def case_face(repeats, tmp):
         print(json.dumps(jsonable(d)), flush=True)
 
 
+def case_sizes(tmp):
+    """Every default config with random weights (sizes and parity do not depend on their values)
+    exported to Paddle and ONNX: one JSON line per component (bytes on disk, worst PSNR)."""
+    from ppengine import load_config
+    from ppengine.trainer import build_model
+
+    configs = ["ldm/class2img_digits.yml", "ldm/uncond_digits.yml", "ldm/txt2img_shapes.yml",
+               "ldm/txt2img_shapes_minilm.yml", "ldm/layout2img_shapes.yml", "ldm/inpaint_shapes.yml",
+               "ldm/sr_shapes.yml", "ldm/sr_shapes_pixel.yml", "deca.yml", "deca_release.yml"]
+    for name in configs:
+        over = ["model.autoencoder.weights=null"] if name.startswith("ldm/") and "pixel" not in name else []
+        cfg = load_config(os.path.join(ROOT, "configs", name), over)
+        model = _randomize(build_model(cfg), 5)
+        for n, p in model.named_parameters():
+            if n.endswith("_variance"):
+                p.set_value(p.abs() + 0.5)
+        if hasattr(model, "ae_ready"):
+            model.ae_ready.set_value(paddle.to_tensor([1.0]))
+            model.scale.scale_factor.set_value(paddle.to_tensor([0.8]))
+        t0 = time.time()
+        m = export(model, cfg, os.path.join(tmp, "sizes"), targets=["paddle", "onnx"], log=lambda s: None)
+        for comp, e in m["components"].items():
+            worst = {t: min(r["psnr"] for r in res.values()) for t, res in e["parity"].items()}
+            print(json.dumps(jsonable({"bench": "export_sizes", "config": name, "component": comp,
+                                       "inputs": {i["name"]: i["shape"] for i in e["inputs"]},
+                                       "outputs": {o["name"]: o["shape"] for o in e["outputs"]},
+                                       "bytes": e["size_bytes"], "psnr": worst,
+                                       "export_seconds": e["export_seconds"]})), flush=True)
+        print(json.dumps({"bench": "export_sizes", "config": name, "total_seconds": round(time.time() - t0, 1),
+                          "load": os.getloadavg()[0]}), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="sd,digits,face")
@@ -264,8 +298,10 @@ def main():
                 case_digits(a.steps, a.repeats, tmp)
             elif case == "face":
                 case_face(a.repeats, tmp)
+            elif case == "sizes":
+                case_sizes(tmp)
             else:
-                raise SystemExit(f"unknown case {case!r}: sd, digits, face")
+                raise SystemExit(f"unknown case {case!r}: sd, digits, face, sizes")
 
 
 if __name__ == "__main__":
