@@ -124,6 +124,7 @@ def example_inputs(component: Component, seed: int = 0) -> Dict[str, np.ndarray]
 
 # --------------------------------------------------------------------------- declarations
 _DECLARATIONS: Dict[str, Callable] = {}
+_INFO: Dict[str, Callable] = {}
 
 
 def register_components(model_type: str):
@@ -136,6 +137,24 @@ def register_components(model_type: str):
         return fn
 
     return deco
+
+
+def register_pipeline_info(model_type: str):
+    """Decorator: ``fn(model, components, options) -> dict`` gives the manifest facts a program needs
+    to run the export without this library: ``{"pipeline": {...}`` (scheduler config, latent scale,
+    how the components connect, tokenizer), ``"files": {dest in the export folder: source path}``
+    (vocabularies to copy), ``"metadata": {...}`` (author, license, version for Core ML)``}``."""
+
+    def deco(fn):
+        _INFO[model_type] = fn
+        return fn
+
+    return deco
+
+
+def pipeline_info(model, components: List[Component], options: "ExportOptions") -> dict:
+    fn = _INFO.get(type(model).__name__)
+    return fn(model, components, options) if fn is not None else {}
 
 
 @dataclass

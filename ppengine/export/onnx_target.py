@@ -1,0 +1,260 @@
+"""ONNX target: a saved Paddle program -> ``.onnx`` through paddle2onnx (opset 17), with the fixes
+paddle2onnx 2.1.0 needs, and its runner on onnxruntime.
+
+    export_onnx(component, "tmp/paddle/unet", "out/onnx/unet.onnx", ops)
+    run = OrtRunner("out/onnx/unet.onnx")
+    run(feeds)                                   # {"noise_pred": ndarray}
+
+What is done after paddle2onnx (see ../shared ENVIRONMENT.md's export traps):
+
+* GroupNorm: paddle2onnx writes each as Reshape + InstanceNormalization + Reshape + Mul + Add and
+  puts a random epsilon into the InstanceNormalization; the k-th InstanceNormalization gets the
+  epsilon of the k-th ``pd_op.group_norm`` of the traced program, i.e. of the Paddle layer.
+* Outputs are renamed from ``fetch_name_<i>`` to the component's names.
+* An operator paddle2onnx cannot convert is an
+  :class:`~ppengine.errors.ExportError` naming the Paddle op, the layer it comes from (its path
+  in the component's layer and the source line) and what to change.
+* The file must exist, pass ``onnx.checker`` and open in onnxruntime (a failed conversion is only
+  logged by paddle2onnx). ``optimize_tool`` is off: polygraphy would pip-install packages.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from ..errors import ExportError
+from ..io import atomic_path
+from .paddle_target import program_files
+from .spec import Component
+
+OPSET = 17
+_CONTAINERS = ("LayerList", "LayerDict", "ParameterList")
+
+# what to change, by Paddle op (the ones seen failing here)
+ADVICE = {
+    "nearest_interp": "use F.interpolate(x, size=[h, w]) (or an expand + reshape upsample) instead of scale_factor",
+    "bilinear_interp": "use F.interpolate(x, size=[h, w], mode='bilinear') instead of scale_factor / nn.Upsample",
+    "bicubic_interp": "use F.interpolate(x, size=[h, w], mode='bicubic') instead of scale_factor",
+}
+DEFAULT_ADVICE = ("write that step with operators paddle2onnx supports (python -c \"import "
+                  "paddle2onnx.paddle2onnx_cpp2py_export as c; print(c.get_all_supported_operators_pir())\")")
+
+
+@contextlib.contextmanager
+def captured_native_output() -> Iterator[List[str]]:
+    """Capture what native code writes to file descriptors 1 and 2 inside the block; the text
+    is appended to the yielded list when the block ends."""
+    import sys
+
+    out: List[str] = []
+    for s in (sys.stdout, sys.stderr):
+        try:
+            s.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    tmp = tempfile.TemporaryFile()
+    saved = []
+    try:
+        for fd in (1, 2):
+            saved.append((fd, os.dup(fd)))
+            os.dup2(tmp.fileno(), fd)
+    except OSError:  # no real descriptors (some notebook kernels): capture nothing
+        for fd, s in saved:
+            os.dup2(s, fd)
+            os.close(s)
+        saved = []
+    try:
+        yield out
+    finally:
+        for fd, s in saved:
+            os.dup2(s, fd)
+            os.close(s)
+        tmp.seek(0)
+        out.append(tmp.read().decode("utf-8", "replace"))
+        tmp.close()
+
+
+def _short(op_name: str) -> str:
+    return op_name.split(".", 1)[1] if "." in op_name else op_name
+
+
+def layer_paths(layer, struct_name: str) -> List[str]:
+    """Sub-layer paths of ``layer`` whose chain of called classes is ``struct_name`` (the
+    ``/Class/Class/`` attribute Paddle gives each traced op)."""
+    want = [p for p in (struct_name or "").strip("/").split("/") if p]
+    if not want:
+        return ["(the component's own forward)"]
+    found = []
+    for path, sub in layer.named_sublayers():
+        chain, cur = [], layer
+        for part in path.split("."):
+            cur = getattr(cur, part, None) if not part.isdigit() else cur[int(part)]
+            if cur is None:
+                break
+            if type(cur).__name__ not in _CONTAINERS:
+                chain.append(type(cur).__name__)
+        if chain == want:
+            found.append(path)
+    return found or [struct_name]
+
+
+def _source_line(attrs: dict) -> Optional[str]:
+    """The last stack frame of the op's ``op_callstack`` outside Paddle's own code."""
+    stack = attrs.get("op_callstack")
+    lines = list(stack) if isinstance(stack, (list, tuple)) else []
+    frames = [(i, ln) for i, ln in enumerate(lines) if ln.strip().startswith("File ")]
+    for i, ln in reversed(frames):
+        if "site-packages" in ln or "/paddle/" in ln:
+            continue
+        m = re.search(r'File "([^"]+)", line (\d+)', ln)
+        code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        if m:
+            rel = os.path.relpath(m.group(1))
+            return f"{m.group(1) if rel.startswith('..') else rel}:{m.group(2)}" + (f" `{code}`" if code else "")
+    return None
+
+
+def op_error(component: Component, op: dict, why: str) -> ExportError:
+    name = _short(op["name"])
+    paths = layer_paths(component.layer, op["attrs"].get("struct_name", ""))
+    where = ", ".join(paths[:3]) + (f" (+{len(paths) - 3} more)" if len(paths) > 3 else "")
+    src = _source_line(op["attrs"])
+    return ExportError(f"component {component.name!r}: paddle2onnx cannot export the Paddle op {op['name']!r} "
+                       f"({why}) in layer {where}" + (f" at {src}" if src else "") + "; "
+                       f"{ADVICE.get(name, DEFAULT_ADVICE)}")
+
+
+def _p2o_version() -> str:
+    try:
+        import paddle2onnx
+
+        return paddle2onnx.__version__
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def _convert(prefix: str, verbose: bool) -> Tuple[Optional[bytes], str]:
+    import paddle2onnx
+
+    model, params = program_files(prefix)
+    with captured_native_output() as log:
+        try:
+            data = paddle2onnx.export(model, params, None, opset_version=OPSET, auto_upgrade_opset=False,
+                                      enable_onnx_checker=True, enable_optimize=True, optimize_tool=None,
+                                      verbose=verbose)
+        except (Exception, SystemExit):  # noqa: BLE001 - paddle2onnx logs the failure, then sys.exit(-1)s
+            data = None
+    return data, "".join(log)
+
+
+def failing_op(log: str, ops: List[dict]) -> Optional[dict]:
+    """The op paddle2onnx was converting when it failed, from its verbose log
+    (``Start export pd_op.X`` without the matching ``Finish``): the k-th op of that name."""
+    started = re.findall(r"Start export (\S+), op_id", log)
+    finished = re.findall(r"Finish export (\S+), op_id", log)
+    if not started or len(started) == len(finished):
+        return None
+    name = started[-1]
+    k = started.count(name) - 1
+    same = [op for op in ops if op["name"] == name]
+    return same[k] if k < len(same) else (same[-1] if same else {"name": name, "attrs": {}})
+
+
+def fix_group_norm_eps(model, ops: List[dict], component: Component) -> int:
+    """Rewrite the epsilon of every InstanceNormalization paddle2onnx made from a GroupNorm with the
+    Paddle op's (in program order). Returns how many were rewritten."""
+    from onnx import helper
+
+    eps = [float(op["attrs"].get("epsilon")) for op in ops if op["name"] == "pd_op.group_norm"]
+    nodes = [n for n in model.graph.node if n.op_type == "InstanceNormalization"]
+    if len(nodes) != len(eps):
+        raise ExportError(f"component {component.name!r}: the ONNX graph has {len(nodes)} InstanceNormalization "
+                          f"nodes but the Paddle program {len(eps)} group_norm ops; cannot restore their epsilon")
+    for node, e in zip(nodes, eps):
+        for a in list(node.attribute):
+            if a.name == "epsilon":
+                node.attribute.remove(a)
+        node.attribute.append(helper.make_attribute("epsilon", e))
+    return len(nodes)
+
+
+def rename_outputs(model, component: Component):
+    """Graph outputs ``fetch_name_<i>`` (in order) -> the component's output names."""
+    outs = list(model.graph.output)
+    if len(outs) != len(component.outputs):
+        raise ExportError(f"component {component.name!r}: the ONNX graph has {len(outs)} outputs, "
+                          f"{len(component.outputs)} declared")
+    mapping = {o.name: t.name for o, t in zip(outs, component.outputs) if o.name != t.name}
+    for node in model.graph.node:
+        for i, name in enumerate(node.output):
+            if name in mapping:
+                node.output[i] = mapping[name]
+        for i, name in enumerate(node.input):
+            if name in mapping:
+                node.input[i] = mapping[name]
+    for o in outs:
+        if o.name in mapping:
+            o.name = mapping[o.name]
+
+
+def export_onnx(component: Component, prefix: str, path: str, ops: List[dict]) -> dict:
+    """Convert the saved program ``prefix`` of ``component`` to ``path`` (atomically).
+    ``ops``: the traced program's ops (:func:`~ppengine.export.paddle_target.save_program`).
+    Returns facts for the manifest (opset, group norms fixed)."""
+    import onnx
+
+    data, log = _convert(prefix, verbose=False)
+    if not data:
+        _, vlog = _convert(prefix, verbose=True)
+        op = failing_op(vlog, ops)
+        msg = [ln.strip() for ln in (vlog + log).splitlines() if "ERROR" in ln or "Unimplemented" in ln]
+        why = re.sub(r"\x1b\[[0-9;]*m", "", msg[-1])[:200] if msg else "conversion failed"
+        why = re.sub(r"^.*?Failed to convert PaddlePaddle model: ", "", why)
+        if op is not None:
+            raise op_error(component, op, why)
+        raise ExportError(f"component {component.name!r}: paddle2onnx failed ({why}); run with PPENGINE_VERBOSE=1 "
+                          "to see its log")
+    model = onnx.load_from_string(data)
+    n_gn = fix_group_norm_eps(model, ops, component)
+    rename_outputs(model, component)
+    model.producer_name = "ppengine.export (paddle2onnx " + _p2o_version() + ")"
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"component {component.name!r}: the ONNX graph fails onnx.checker: {e}") from e
+    with atomic_path(path) as tmp:
+        onnx.save(model, tmp)
+    OrtRunner(path)  # opens in onnxruntime, or raises
+    return {"opset": OPSET, "group_norms_fixed": n_gn}
+
+
+class OrtRunner:
+    """An ONNX file on onnxruntime (CPU): ``runner(feeds) -> {output name: ndarray}``."""
+
+    def __init__(self, path: str, threads: int = 1):
+        import onnxruntime as ort
+
+        if not os.path.isfile(path):
+            raise ExportError(f"{path} not found: export the component with --target onnx first")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, int(threads))
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(f"{path}: onnxruntime cannot load it ({type(e).__name__}: {str(e)[:300]})") from e
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise ExportError(f"onnxruntime: input {missing[0]!r} missing (given: {', '.join(feeds)})")
+        outs = self.session.run(None, {n: np.ascontiguousarray(feeds[n]) for n in self.input_names})
+        return dict(zip(self.output_names, outs))
