@@ -299,11 +299,9 @@ GUIDANCE = ("unet batch = [unconditional; conditional]; pred = pred_u + guidance
 
 def _tokenizer_facts(cond) -> tuple:
     if isinstance(cond, (TextTransformer, MiniLMEncoder)):
-        vocab = cond.tokenizer.tok.vocab_file if hasattr(cond.tokenizer.tok, "vocab_file") else None
-        files = {}
-        if vocab and os.path.isfile(vocab):
-            files["tokenizer/vocab.txt"] = vocab
-        return ({"type": "wordpiece", "vocab": "tokenizer/vocab.txt", "lowercase": True,
+        tok = cond.tokenizer
+        files = {"tokenizer/vocab.txt": tok.vocab_file}
+        return ({"type": "wordpiece", "vocab": "tokenizer/vocab.txt", "lowercase": tok.lowercase,
                  "max_length": cond.tokenizer.max_length, "pad_id": int(cond.tokenizer.pad_id),
                  "null_caption": ""}, files)
     if isinstance(cond, ClassEmbedder):

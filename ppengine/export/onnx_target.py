@@ -7,9 +7,10 @@ paddle2onnx 2.1.0 needs, and its runner on onnxruntime.
 
 What is done after paddle2onnx (see ../shared ENVIRONMENT.md's export traps):
 
-* GroupNorm: paddle2onnx writes each as Reshape + InstanceNormalization + Reshape + Mul + Add and
-  puts a random epsilon into the InstanceNormalization; the k-th InstanceNormalization gets the
-  epsilon of the k-th ``pd_op.group_norm`` of the traced program, i.e. of the Paddle layer.
+* Lost float attributes: paddle2onnx writes a GroupNorm as Reshape + InstanceNormalization + ... with
+  a random epsilon, a LeakyReLU with alpha 0 and a constant Pad with value 0 whatever the layer
+  says; :func:`fix_float_attributes` restores each from the traced program (the layers' values).
+* paddle2onnx runs in a forked child process: some of its converters abort the process.
 * Outputs are renamed from ``fetch_name_<i>`` to the component's names.
 * An operator paddle2onnx cannot convert is an
   :class:`~ppengine.errors.ExportError` naming the Paddle op, the layer it comes from (its path
@@ -138,49 +139,128 @@ def _p2o_version() -> str:
         return ""
 
 
-def _convert(prefix: str, verbose: bool) -> Tuple[Optional[bytes], str]:
+def _convert_here(prefix: str, verbose: bool) -> Tuple[Optional[bytes], str]:
     import paddle2onnx
 
     model, params = program_files(prefix)
     with captured_native_output() as log:
         try:
-            data = paddle2onnx.export(model, params, None, opset_version=OPSET, auto_upgrade_opset=False,
-                                      enable_onnx_checker=True, enable_optimize=True, optimize_tool=None,
-                                      verbose=verbose)
+            data = paddle2onnx.export(model, params if os.path.isfile(params) else "", None, opset_version=OPSET,
+                                      auto_upgrade_opset=False, enable_onnx_checker=True, enable_optimize=True,
+                                      optimize_tool=None, verbose=verbose)
         except (Exception, SystemExit):  # noqa: BLE001 - paddle2onnx logs the failure, then sys.exit(-1)s
             data = None
     return data, "".join(log)
 
 
-def failing_op(log: str, ops: List[dict]) -> Optional[dict]:
-    """The op paddle2onnx was converting when it failed, from its verbose log
-    (``Start export pd_op.X`` without the matching ``Finish``): the k-th op of that name."""
-    started = re.findall(r"Start export (\S+), op_id", log)
-    finished = re.findall(r"Finish export (\S+), op_id", log)
+def _convert(prefix: str) -> Tuple[Optional[bytes], str]:
+    """paddle2onnx on the saved program, in a forked child process where the OS allows (some
+    converters abort the process, e.g. softplus): -> (ONNX bytes or None, paddle2onnx's verbose log)."""
+    if not hasattr(os, "fork"):
+        return _convert_here(prefix, verbose=True)
+    with tempfile.TemporaryDirectory(prefix="p2o_") as d:
+        out, log = os.path.join(d, "model.onnx"), os.path.join(d, "log.txt")
+        pid = os.fork()
+        if pid == 0:  # child: convert with its output in the log file, leave without the parent's handlers
+            code = 1
+            try:
+                import sys
+
+                import paddle2onnx
+
+                fd = os.open(log, os.O_WRONLY | os.O_CREAT, 0o644)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                sys.stdout = sys.stderr = os.fdopen(fd, "w", buffering=1)
+                model, params = program_files(prefix)
+                try:
+                    data = paddle2onnx.export(model, params if os.path.isfile(params) else "", None,
+                                              opset_version=OPSET, auto_upgrade_opset=False, enable_onnx_checker=True,
+                                              enable_optimize=True, optimize_tool=None, verbose=True)
+                except (Exception, SystemExit):  # noqa: BLE001
+                    data = None
+                if data:
+                    with open(out, "wb") as f:
+                        f.write(data)
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        text = open(log).read() if os.path.isfile(log) else ""
+        if os.WIFSIGNALED(status):
+            text += f"\n[ERROR] paddle2onnx aborted (signal {os.WTERMSIG(status)})"
+        data = open(out, "rb").read() if os.path.isfile(out) and os.WIFEXITED(status) and \
+            os.WEXITSTATUS(status) == 0 else None
+        return data, text
+
+
+def failing_op(log: str, ops: List[dict]) -> Tuple[Optional[dict], str]:
+    """The op paddle2onnx failed on, from its verbose log -> (op of the traced program or None, why).
+
+    Its checker names the op (``[OP: pd_op.X] reason``); otherwise the op it was converting
+    (``Start export pd_op.X`` without the matching ``Finish``) is the k-th op of that name."""
+    clean = re.sub(r"\x1b\[[0-9;]*m", "", log)
+    errors = [ln.strip() for ln in clean.splitlines() if "ERROR" in ln or "Unimplemented" in ln]
+    why = errors[0] if errors else "conversion failed"
+    why = re.sub(r"^.*?(Failed to convert PaddlePaddle model: |\[ERROR\](\[Paddle2ONNX\])? )", "", why)[:240]
+    m = re.search(r"\[OP: (\S+?)\] ?(.*)", clean)
+    if m:
+        same = [op for op in ops if op["name"] == m.group(1)]
+        return (same[0] if same else {"name": m.group(1), "attrs": {}}), m.group(2).strip()[:240]
+    started = re.findall(r"Start export (\S+), op_id", clean)
+    finished = re.findall(r"Finish export (\S+), op_id", clean)
     if not started or len(started) == len(finished):
-        return None
+        return None, why
     name = started[-1]
     k = started.count(name) - 1
     same = [op for op in ops if op["name"] == name]
-    return same[k] if k < len(same) else (same[-1] if same else {"name": name, "attrs": {}})
+    return (same[k] if k < len(same) else (same[-1] if same else {"name": name, "attrs": {}})), why
 
 
-def fix_group_norm_eps(model, ops: List[dict], component: Component) -> int:
-    """Rewrite the epsilon of every InstanceNormalization paddle2onnx made from a GroupNorm with the
-    Paddle op's (in program order). Returns how many were rewritten."""
-    from onnx import helper
+# paddle2onnx 2.1.0 reads some float attributes of PIR ops as garbage (seen here: 1e24, 0.0, NaN):
+# Paddle op, its attribute -> the ONNX node type it becomes and where the value goes there
+FLOAT_FIXES = (
+    ("pd_op.group_norm", "epsilon", "InstanceNormalization", "epsilon"),
+    ("pd_op.leaky_relu", "negative_slope", "LeakyRelu", "alpha"),
+    ("pd_op.pad3d", "pad_value", "Pad", 2),  # the constant_value input
+)
 
-    eps = [float(op["attrs"].get("epsilon")) for op in ops if op["name"] == "pd_op.group_norm"]
-    nodes = [n for n in model.graph.node if n.op_type == "InstanceNormalization"]
-    if len(nodes) != len(eps):
-        raise ExportError(f"component {component.name!r}: the ONNX graph has {len(nodes)} InstanceNormalization "
-                          f"nodes but the Paddle program {len(eps)} group_norm ops; cannot restore their epsilon")
-    for node, e in zip(nodes, eps):
+
+def _set_value(model, node, where, value: float):
+    from onnx import helper, numpy_helper
+
+    if isinstance(where, str):
         for a in list(node.attribute):
-            if a.name == "epsilon":
+            if a.name == where:
                 node.attribute.remove(a)
-        node.attribute.append(helper.make_attribute("epsilon", e))
-    return len(nodes)
+        node.attribute.append(helper.make_attribute(where, float(value)))
+        return
+    name = f"{node.output[0]}.restored_{where}"
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+    while len(node.input) <= where:
+        node.input.append("")
+    node.input[where] = name
+
+
+def fix_float_attributes(model, ops: List[dict], component: Component) -> Dict[str, int]:
+    """Restore the float attributes paddle2onnx loses (:data:`FLOAT_FIXES`) from the traced Paddle
+    program: the k-th ONNX node of the type gets the k-th Paddle op's value (a node named
+    ``p2o.pd_op.<op>.<k>.0`` when the counts differ). Returns how many were restored per op."""
+    done = {}
+    for op_name, attr, node_type, where in FLOAT_FIXES:
+        values = [float(op["attrs"].get(attr)) for op in ops if op["name"] == op_name]
+        nodes = [n for n in model.graph.node if n.op_type == node_type]
+        if len(nodes) != len(values):
+            prefix = f"p2o.{op_name}."
+            nodes = [n for n in nodes if n.output and n.output[0].startswith(prefix)]
+            if len(nodes) != len(values):
+                raise ExportError(f"component {component.name!r}: the ONNX graph has {len(nodes)} {node_type} nodes "
+                                  f"for {len(values)} {op_name} ops; cannot restore their {attr}")
+        for node, v in zip(nodes, values):
+            _set_value(model, node, where, v)
+        if values:
+            done[op_name.split(".", 1)[1]] = len(values)
+    return done
 
 
 def rename_outputs(model, component: Component):
@@ -208,19 +288,14 @@ def export_onnx(component: Component, prefix: str, path: str, ops: List[dict]) -
     Returns facts for the manifest (opset, group norms fixed)."""
     import onnx
 
-    data, log = _convert(prefix, verbose=False)
+    data, log = _convert(prefix)
     if not data:
-        _, vlog = _convert(prefix, verbose=True)
-        op = failing_op(vlog, ops)
-        msg = [ln.strip() for ln in (vlog + log).splitlines() if "ERROR" in ln or "Unimplemented" in ln]
-        why = re.sub(r"\x1b\[[0-9;]*m", "", msg[-1])[:200] if msg else "conversion failed"
-        why = re.sub(r"^.*?Failed to convert PaddlePaddle model: ", "", why)
+        op, why = failing_op(log, ops)
         if op is not None:
             raise op_error(component, op, why)
-        raise ExportError(f"component {component.name!r}: paddle2onnx failed ({why}); run with PPENGINE_VERBOSE=1 "
-                          "to see its log")
+        raise ExportError(f"component {component.name!r}: paddle2onnx failed ({why})")
     model = onnx.load_from_string(data)
-    n_gn = fix_group_norm_eps(model, ops, component)
+    restored = fix_float_attributes(model, ops, component)
     rename_outputs(model, component)
     model.producer_name = "ppengine.export (paddle2onnx " + _p2o_version() + ")"
     try:
@@ -230,7 +305,7 @@ def export_onnx(component: Component, prefix: str, path: str, ops: List[dict]) -
     with atomic_path(path) as tmp:
         onnx.save(model, tmp)
     OrtRunner(path)  # opens in onnxruntime, or raises
-    return {"opset": OPSET, "group_norms_fixed": n_gn}
+    return {"opset": OPSET, "float_attributes_restored": restored}
 
 
 class OrtRunner:

@@ -14,7 +14,7 @@ Output layout::
     OUT/coreml/<Role>.mlpackage          --target coreml (apple/ml-stable-diffusion's names for the SD
                                          roles: TextEncoder, Unet / UnetChunk1-2, VAEDecoder, VAEEncoder)
     OUT/coreml/failed/...                packages below their PSNR floor (never beside the good ones)
-    OUT/<files the zoo copies>           e.g. tokenizer/vocab.txt, coreml/vocab.json + merges.txt
+    OUT/<files the zoo adds>             e.g. tokenizer/vocab.txt, coreml/vocab.json + merges.txt, faces.npy
 
 Every file is checked against the dygraph layer on :func:`~ppengine.export.spec.example_inputs`
 (``check=False`` skips the numbers, not the loading): Paddle programs through Paddle Inference,
@@ -27,7 +27,6 @@ import datetime
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
@@ -243,6 +242,9 @@ def _export_into(tmp, scratch, model, config, comps, info, targets, options, pre
         path = os.path.join(tmp, dest)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         shutil.copyfile(src, path)
+    for dest, arr in (info.get("arrays") or {}).items():
+        np.save(os.path.join(tmp, dest), np.asarray(arr))
+        copies[dest] = None
     manifest["files"] = sorted(copies)
     metadata = dict(info.get("metadata") or {})
     for comp in comps:
@@ -286,9 +288,3 @@ def _export_into(tmp, scratch, model, config, comps, info, targets, options, pre
     failed = [n for n, e in manifest["components"].items() if e.get("coreml", {}).get("failed")]
     manifest["failed"] = failed
     return manifest
-
-
-def main_error(e: BaseException) -> int:
-    """Print a one-line error and return the exit code (2) for command lines."""
-    print(f"error: {e}", file=sys.stderr)
-    return 2
