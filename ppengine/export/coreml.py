@@ -15,12 +15,15 @@ TorchScript:
   deployment target iOS17 / macOS14;
 * ``compress`` (``coremltools.optimize.coreml``, post-training, on the weights): ``palettize6`` /
   ``palettize4`` (k-means palettization, 6 / 4 bits per weight, as apple's ``--quantize-nbits``),
-  ``int8`` (linear symmetric per-channel int8); weights with fewer than ``min_compress_size``
-  elements are left as they are (coremltools' default 2048);
+  ``int8`` (linear symmetric per-channel int8); only the weights of convolutions, linear layers,
+  matmuls and embedding gathers, and only those of at least ``min_compress_size`` elements
+  (coremltools' default 2048);
 * ``chunk=2``: ``coremltools.models.utils.bisect_model`` cuts the program in two packages of about
   equal weight size (apple's ``--chunk-unet``), named ``<Name>Chunk1`` / ``<Name>Chunk2``
   (``Unet.mlpackage`` -> ``UnetChunk1.mlpackage`` + ``UnetChunk2.mlpackage``, the names apple's Swift
-  package looks for); the second takes the first's outputs (plus any original inputs it needs);
+  package looks for); the second takes the first's outputs (plus any original inputs it needs).
+  Only the UNet is chunked (apple role ``Unet``, or a component with ``extra["chunk"]``): the text
+  encoder, VAE and other components stay whole, as the Swift package loads them;
 * metadata: short description, author, licence, version, each input's and output's description,
   and ``user_defined_metadata`` (component, precision, compression, chunk, software versions).
 
@@ -47,6 +50,7 @@ COMPRESSIONS = ("none", "palettize6", "palettize4", "int8")
 CHUNKS = (0, 2)
 DEPLOYMENT_TARGET = "iOS17"
 MIN_COMPRESS_SIZE = 2048     # coremltools.optimize.coreml's default weight_threshold
+WEIGHT_OPS = ("conv", "conv_transpose", "linear", "matmul", "einsum", "gather")   # compressed weights feed these
 AUTHOR = "ppdigitalhuman (ppengine.export, Paddle -> ONNX -> Core ML)"
 
 
@@ -78,17 +82,36 @@ def quiet_coremltools() -> Iterator[None]:
         logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _real_torch_uint16() -> Iterator[None]:
+    """ppdiffusers sets ``torch.uint16 = torch.bfloat16`` when it loads; torch.ao.quantization, which
+    ``import coremltools`` pulls in when torch is installed, then fails (``torch.iinfo() requires an
+    integer input type``). The real dtype is put back for the import, ppdiffusers' alias after it."""
+    torch = sys.modules.get("torch")
+    patched = getattr(torch, "uint16", None) if torch is not None else None
+    if patched is None or patched is not getattr(torch, "bfloat16", None):
+        yield
+        return
+    import numpy as np
+
+    torch.uint16 = torch.from_numpy(np.zeros(1, np.uint16)).dtype
+    try:
+        yield
+    finally:
+        torch.uint16 = patched
+
+
 def coremltools():
-    """``import coremltools`` without its Linux warnings."""
-    with quiet_coremltools():
+    """``import coremltools`` without its Linux warnings (and whichever of torch / ppdiffusers came first)."""
+    with quiet_coremltools(), _real_torch_uint16():
         import coremltools as ct
     return ct
 
 
 def converter():
     """An ``onnx2coreml.Converter`` with our handlers (:mod:`.onnx_ops_coreml`) registered."""
-    with quiet_coremltools():
-        import onnx2coreml
+    coremltools()
+    import onnx2coreml
     from .onnx_ops_coreml import register
 
     return register(onnx2coreml.Converter())
@@ -99,9 +122,10 @@ def unsupported_ops(model) -> Dict[str, List[str]]:
     lower: ``{op type: [node names]}`` (empty when the graph converts)."""
     from .onnx_ops_coreml import HANDLERS
 
-    with quiet_coremltools():
-        import onnx2coreml
+    coremltools()
+    import onnx2coreml
 
+    with quiet_coremltools():
         report = onnx2coreml.analyze(model)
     return {k: v for k, v in report.unsupported.items() if k not in HANDLERS}
 
@@ -167,8 +191,11 @@ def compress_model(mlmodel, compress: str, min_size: int = MIN_COMPRESS_SIZE):
         fn = opt.linear_quantize_weights
     else:
         raise InputError(f"compress {compress!r}: choose one of {', '.join(COMPRESSIONS)}")
+    # only the weights of the ops that carry them: a constant mask (-inf / -1e4 entries) fed to an add
+    # must stay exact (linear quantization would turn it into NaN, k-means would fail on it)
+    config = opt.OptimizationConfig(global_config=None, op_type_configs={t: op_cfg for t in WEIGHT_OPS})
     with quiet_coremltools():
-        return fn(mlmodel, config=opt.OptimizationConfig(global_config=op_cfg))
+        return fn(mlmodel, config=config)
 
 
 def software_versions() -> Dict[str, str]:
@@ -219,6 +246,12 @@ def set_metadata(mlmodel, component: Component, metadata: Optional[dict], precis
     for k, v in user.items():
         mlmodel.user_defined_metadata[k] = v
     return mlmodel
+
+
+def chunkable(component: Component) -> bool:
+    """Whether ``chunk=2`` splits this component: the UNet (apple role ``Unet``, as apple's
+    ``--chunk-unet``), or a component declaring ``extra={"chunk": True}``."""
+    return component.extra.get("apple_role") == "Unet" or bool(component.extra.get("chunk"))
 
 
 def chunk_names(out_path: str, n: int = 2) -> List[str]:
@@ -279,6 +312,8 @@ def convert(onnx_path: str, out_path: str, component: Component, precision: str 
     mlmodel = compress_model(mlmodel, compress, min_compress_size)
     set_metadata(mlmodel, component, metadata, precision, compress)
 
+    if int(chunk) and not chunkable(component):
+        chunk = 0   # as apple's --chunk-unet: the UNet in chunks (UnetChunk1/2), the others whole
     finals = chunk_names(out_path) if int(chunk) == 2 else [os.path.abspath(out_path)]
     work = make_temp_dir(out_path)
     try:
