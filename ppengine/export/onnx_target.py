@@ -264,22 +264,26 @@ def fix_float_attributes(model, ops: List[dict], component: Component) -> Dict[s
 
 
 def rename_outputs(model, component: Component):
-    """Graph outputs ``fetch_name_<i>`` (in order) -> the component's output names."""
+    """Graph outputs ``fetch_name_<i>`` (in order) -> the component's output names, each through a
+    Reshape to its declared shape: paddle2onnx drops a batch-1 axis on some ops while declaring the
+    full shape (CLIP's pooled output, a gather_nd, came out (D,) for a declared (1, D)); a Reshape
+    to the same shape costs nothing."""
+    from onnx import TensorProto, helper, numpy_helper
+
     outs = list(model.graph.output)
     if len(outs) != len(component.outputs):
         raise ExportError(f"component {component.name!r}: the ONNX graph has {len(outs)} outputs, "
                           f"{len(component.outputs)} declared")
-    mapping = {o.name: t.name for o, t in zip(outs, component.outputs) if o.name != t.name}
-    for node in model.graph.node:
-        for i, name in enumerate(node.output):
-            if name in mapping:
-                node.output[i] = mapping[name]
-        for i, name in enumerate(node.input):
-            if name in mapping:
-                node.input[i] = mapping[name]
-    for o in outs:
-        if o.name in mapping:
-            o.name = mapping[o.name]
+    for o, t in zip(outs, component.outputs):
+        new = f"{t.name}.unshaped"
+        for node in model.graph.node:
+            node.output[:] = [new if n == o.name else n for n in node.output]
+            node.input[:] = [new if n == o.name else n for n in node.input]
+        shape_name = f"{t.name}.shape"
+        model.graph.initializer.append(numpy_helper.from_array(np.asarray(t.shape, np.int64), shape_name))
+        model.graph.node.append(helper.make_node("Reshape", [new, shape_name], [t.name], name=f"{t.name}.reshape"))
+        elem = o.type.tensor_type.elem_type or TensorProto.FLOAT
+        o.CopyFrom(helper.make_tensor_value_info(t.name, elem, list(t.shape)))
 
 
 def export_onnx(component: Component, prefix: str, path: str, ops: List[dict]) -> dict:
