@@ -112,6 +112,7 @@ def converter():
     """An ``onnx2coreml.Converter`` with our handlers (:mod:`.onnx_ops_coreml`) registered."""
     coremltools()
     import onnx2coreml
+
     from .onnx_ops_coreml import register
 
     return register(onnx2coreml.Converter())

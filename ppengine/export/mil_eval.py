@@ -523,6 +523,16 @@ def _gather_along_axis(o):
     return np.take_along_axis(x, idx, axis=axis)
 
 
+@op("gather_nd")
+def _gather_nd(o):
+    x, idx = np.asarray(o["x"]), np.asarray(o["indices"]).astype(np.int64)
+    if int(o.scalar("batch_dims", 0)) != 0:
+        raise ExportError("MIL gather_nd: batch_dims > 0 is not supported by this evaluator")
+    k = idx.shape[-1]
+    idx = np.where(idx < 0, idx + np.asarray(x.shape[:k]), idx)
+    return x[tuple(np.moveaxis(idx, -1, 0))]
+
+
 @op("tile")
 def _tile(o):
     return np.tile(np.asarray(o["x"]), o.ints("reps"))
@@ -626,6 +636,14 @@ def op_types(program) -> Dict[str, int]:
 
 def unknown_ops(program) -> List[str]:
     return sorted(t for t in op_types(program) if t not in OPS and t != "const")
+
+
+def eval_op(mil_op, value_of=None):
+    """One MIL op's result(s) with NumPy; ``value_of(var)`` gives its inputs' values (default: the
+    constant values, e.g. to decode a ``constexpr_*`` weight)."""
+    if mil_op.op_type not in OPS:
+        raise ExportError(f"MIL op {mil_op.op_type!r} is not known to this NumPy evaluator")
+    return OPS[mil_op.op_type](_Op(mil_op, value_of or (lambda v: v.val)))
 
 
 def run_program(program, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

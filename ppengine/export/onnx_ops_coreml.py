@@ -14,6 +14,8 @@ Einsum     ppldm's split-einsum attention (Neural Engine form)   coremltools' ow
                                                                  reshape + ``matmul`` otherwise)
 CumSum     paddlenlp BERT's position ids (MiniLM text encoder)   ``cumsum``
 Trilu      causal masks (CLIP's text model) when not folded      ``select`` with a constant band mask
+Reshape    (onnx2coreml has it) to a scalar: CLIP's pooled       ``reshape`` with an int32 empty shape,
+           output around its GatherND                            else onnx2coreml's own lowering
 =========  ====================================================  ==========================================
 """
 from __future__ import annotations
@@ -92,7 +94,22 @@ def trilu(ctx, node) -> Any:
     return mb.select(cond=np.ascontiguousarray(keep), a=x, b=zero, name=node.output[0])
 
 
-HANDLERS: Dict[str, Any] = {"Einsum": einsum, "CumSum": cumsum, "Trilu": trilu}
+def reshape(ctx, node) -> Any:
+    """ONNX Reshape; to a scalar (an empty shape, as paddle2onnx writes around a gather) onnx2coreml
+    passes an empty float list to MIL's reshape, which refuses it: an int32 empty shape here."""
+    from coremltools.converters.mil.mil import Builder as mb
+    from onnx2coreml._lowering import resolve
+
+    shape = _const(ctx, node, 1)
+    if shape is not None and shape.size == 0:
+        (x,) = _inputs(ctx, node, 1)
+        if int(np.prod([int(d) for d in x.shape])) != 1:
+            raise ValueError(f"Reshape to a scalar of a tensor of shape {tuple(x.shape)}")
+        return mb.reshape(x=x, shape=np.zeros((0,), np.int32), name=node.output[0])
+    return resolve("Reshape")(ctx, node)
+
+
+HANDLERS: Dict[str, Any] = {"Einsum": einsum, "CumSum": cumsum, "Trilu": trilu, "Reshape": reshape}
 
 
 def register(converter) -> Any:
