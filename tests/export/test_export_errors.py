@@ -100,3 +100,15 @@ def test_op_that_cannot_convert_names_op_layer_and_fix(tmp_path):
     assert "in layer m.blocks.1" in msg and "test_export_errors.py" in msg and "scale_factor=2.0" in msg
     assert "F.interpolate(x, size=[h, w])" in msg and "\n" not in msg
     assert not out.exists() and _no_leftovers(tmp_path)  # the first component's files went with it
+
+
+def test_a_folder_that_is_not_an_export_is_never_replaced(digits_run, tmp_path, capsys):
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    assert export_cli("--weights", digits_run, "--component", "class_embedder", "--output", keep) == 2
+    assert "not an earlier export" in capsys.readouterr().err and (keep / "notes.txt").read_text() == "mine"
+    out = tmp_path / "out"
+    for _ in range(2):  # an earlier export is replaced
+        assert export_cli("--weights", digits_run, "--component", "class_embedder", "--output", out) == 0
+    assert sorted(os.listdir(out)) == ["config.yml", "manifest.json", "onnx"] and _no_leftovers(tmp_path)

@@ -184,3 +184,15 @@ def test_split_einsum_unet_matches_standard(digits_run, tmp_path):
 
     ops = {n.op_type for n in onnx.load(os.path.join(out, "onnx", "unet.onnx")).graph.node}
     assert "Einsum" in ops or "MatMul" in ops
+
+
+def test_cache_folder_follows_weights_and_config(digits_run):
+    from ppengine.export.runtime import export_cache_dir
+
+    model, cfg = dygraph_model(digits_run)
+    a = export_cache_dir(model, cfg, root="/cache")
+    assert a == export_cache_dir(model, cfg, root="/cache") and a.startswith("/cache/LatentDiffusion-")
+    assert export_cache_dir(model, {**cfg, "model": {**cfg["model"], "sample_size": 32}}, root="/cache") != a
+    w = model.unet.conv_out.bias
+    w.set_value(w + 1e-3)
+    assert export_cache_dir(model, cfg, root="/cache") != a
