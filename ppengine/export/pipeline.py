@@ -262,8 +262,10 @@ def _export_into(tmp, scratch, model, config, comps, info, targets, options, pre
         copies[dest] = None
     manifest["files"] = sorted(copies)
     metadata = dict(info.get("metadata") or {})
-    for comp in comps:
+    for i, comp in enumerate(comps):
         t0 = time.time()
+        log(f"[{i + 1}/{len(comps)}] {comp.name}: " + ", ".join(f"{t.name} {list(t.shape)}" for t in comp.inputs)
+            + " -> " + ", ".join(f"{t.name} {list(t.shape)}" for t in comp.outputs))
         feeds = example_inputs(comp, seed)
         reference = run_dygraph(comp, feeds)
         entry = comp.to_dict()
