@@ -293,7 +293,8 @@ def _export_into(tmp, scratch, model, config, comps, info, targets, options, pre
                 entry["onnx"] = facts
                 log(f"  onnx {comp.name}: {checks.describe(res)}")
             if "coreml" in targets:
-                meta = dict(metadata, description=comp.description,
+                desc = "; ".join(d for d in (metadata.get("description"), comp.description) if d)
+                meta = dict(metadata, description=desc,
                             inputs={t.name: t.description for t in comp.inputs},
                             outputs={t.name: t.description for t in comp.outputs})
                 entry["coreml"] = _export_coreml(comp, path, tmp, precision, compress, chunk, meta, reference,
