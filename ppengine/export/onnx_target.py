@@ -172,17 +172,20 @@ def _wait(pid: int, timeout: float) -> int:
 
     deadline = time.monotonic() + timeout
     delay = 0.005
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise ExportError(f"paddle2onnx did not finish within {timeout:.0f} s (PPENGINE_P2O_TIMEOUT); "
-                              "nothing was written")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
+            if time.monotonic() > deadline:
+                raise ExportError(f"paddle2onnx did not finish within {timeout:.0f} s (PPENGINE_P2O_TIMEOUT); "
+                                  "nothing was written")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+    except BaseException:  # the deadline, Ctrl-C: the child goes too
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
 
 
 def _convert(prefix: str) -> Tuple[Optional[bytes], str]:
