@@ -709,10 +709,22 @@ def predict(mlpackage_path, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarra
 
 
 def predict_chain(paths: List[str], feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """Run packages in order (chunks), each seeing the feeds plus the outputs of those before;
-    returns the last one's outputs."""
+    """Run packages in order (chunks), each seeing the feeds plus the outputs of those before (as
+    apple's Swift pipeline runs UnetChunk1 then UnetChunk2); returns the last one's outputs."""
     values, out = dict(feeds), {}
     for p in paths:
         out = predict(p, values)
         values.update(out)
     return out
+
+
+class Runner:
+    """A component's package(s) loaded once: ``Runner(paths)(feeds) -> {output: ndarray}`` (chunks
+    run in order), the Core ML counterpart of ``onnx_target.OrtRunner``."""
+
+    def __init__(self, paths):
+        self.paths = [paths] if isinstance(paths, str) else list(paths)
+        self.programs = [load(p) for p in self.paths]
+
+    def __call__(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        return predict_chain(self.programs, feeds)
