@@ -84,24 +84,35 @@ def _short(op_name: str) -> str:
     return op_name.split(".", 1)[1] if "." in op_name else op_name
 
 
+def _subsequence(small, big) -> bool:
+    it = iter(big)
+    return all(any(x == y for y in it) for x in small)
+
+
 def layer_paths(layer, struct_name: str) -> List[str]:
-    """Sub-layer paths of ``layer`` whose chain of called classes is ``struct_name`` (the
-    ``/Class/Class/`` attribute Paddle gives each traced op)."""
+    """Sub-layer paths of ``layer`` that ``struct_name`` (the ``/Class/Class/`` chain of *called*
+    layers Paddle gives each traced op) points to: the path's last layer is of the chain's last class
+    and the chain is a subsequence of the path's classes (a layer reached through an attribute of
+    another, without calling that one, is skipped in the chain). Exact matches first."""
     want = [p for p in (struct_name or "").strip("/").split("/") if p]
     if not want:
         return ["(the component's own forward)"]
-    found = []
-    for path, sub in layer.named_sublayers():
+    exact, loose = [], []
+    for path, _ in layer.named_sublayers():
         chain, cur = [], layer
         for part in path.split("."):
-            cur = getattr(cur, part, None) if not part.isdigit() else cur[int(part)]
+            cur = cur[int(part)] if part.isdigit() else getattr(cur, part, None)
             if cur is None:
                 break
             if type(cur).__name__ not in _CONTAINERS:
                 chain.append(type(cur).__name__)
+        if not chain or chain[-1] != want[-1]:
+            continue
         if chain == want:
-            found.append(path)
-    return found or [struct_name]
+            exact.append(path)
+        elif _subsequence(want, chain):
+            loose.append(path)
+    return exact or loose or [struct_name]
 
 
 def _source_line(attrs: dict) -> Optional[str]:

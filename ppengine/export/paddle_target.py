@@ -11,6 +11,7 @@ outputs here; ``onednn=True`` turns it on (check its numbers, :mod:`ppengine.exp
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -36,11 +37,13 @@ def save_program(component: Component, prefix: str) -> List[dict]:
     layer.eval()
     own_forward = layer.__dict__.get("forward")
     try:
-        static = paddle.jit.to_static(layer, input_spec=input_specs(component), full_graph=True)
-        program = static.forward.concrete_program.main_program
-        ops = [{"name": op.name(), "attrs": {k: v for k, v in op.attrs().items() if k != "value"}}
-               for op in program.global_block().ops]
-        paddle.jit.save(static, prefix)
+        with warnings.catch_warnings():  # paddle's own notes while tracing ("no 'place' interface for pir")
+            warnings.simplefilter("ignore", UserWarning)
+            static = paddle.jit.to_static(layer, input_spec=input_specs(component), full_graph=True)
+            program = static.forward.concrete_program.main_program
+            ops = [{"name": op.name(), "attrs": {k: v for k, v in op.attrs().items() if k != "value"}}
+                   for op in program.global_block().ops]
+            paddle.jit.save(static, prefix)
     except ExportError:
         raise
     except Exception as e:  # noqa: BLE001 - a tracing failure is the user's model's, say where

@@ -86,11 +86,26 @@ def check_options(targets: Sequence[str], precision: str, compress: str, chunk: 
                          "files are fp32)")
 
 
+def is_export_folder(path: str) -> bool:
+    """An earlier export (its manifest.json says so): the only non-empty folder an export replaces."""
+    import json
+
+    try:
+        with open(os.path.join(path, "manifest.json")) as f:
+            return json.load(f).get("format") == MANIFEST_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def check_output(output: str):
-    """A clear error before any work when ``output`` cannot become a folder we write."""
+    """A clear error before any work when ``output`` cannot become a folder we write: a file, a
+    non-empty folder that is not an earlier export (never deleted), a place we cannot write."""
     out = os.path.abspath(output)
     if os.path.isfile(out):
         raise InputError(f"--output {output!r} is a file; give a folder")
+    if os.path.isdir(out) and os.listdir(out) and not is_export_folder(out):
+        raise InputError(f"--output {output!r} exists and is not an earlier export (no manifest.json of ours): "
+                         "give a new or empty folder; nothing there is deleted")
     parent = out
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)

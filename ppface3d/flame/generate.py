@@ -29,7 +29,7 @@ from ppengine.io import make_temp_dir
 
 from .io import save_npy, save_pickle, write_obj
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 NC, NR = 96, 48            # head grid: columns around, rows from crown to neck
 EYE_SEG, EYE_RINGS = 16, 12
 EYE_RADIUS = 0.0122
@@ -104,6 +104,13 @@ def _soft_max(rs, k):
 
 
 # --------------------------------------------------------------------------- geometry
+def _quad(a, b, c, e, j):
+    """Two triangles of the grid quad (a, b) over (e, c) in column j, split along the diagonal
+    that makes the mesh mirror-symmetric (column j mirrors column NC - 1 - j): a landmark
+    embedded at mirrored points then has mirrored triangles and barycentrics (v4)."""
+    return [[a, c, b], [a, e, c]] if j >= NC // 2 else [[a, e, b], [e, c, b]]
+
+
 class _Head:
     """Builds the template mesh, UVs, labels and helper fields."""
 
@@ -208,8 +215,7 @@ class _Head:
                 if i == self.mouth_row:  # faces below the slit use the lower-lip copies
                     a = dup.get(j, a)
                     b = dup.get((j + 1) % NC, b)
-                faces.append([a, c, b])
-                faces.append([a, e, c])
+                faces += _quad(a, b, c, e, j)
         head_v = np.concatenate(verts, 0)
         self.num_head = len(head_v)
         # UVs of the head: cylindrical unwrap, face in the middle, seam at the back
@@ -226,8 +232,7 @@ class _Head:
         for i in range(NR - 1):
             for j in range(NC):
                 a, b, c, e = tid(i, j), tid(i, j + 1), tid(i + 1, j + 1), tid(i + 1, j)
-                uv_faces.append([a, c, b])
-                uv_faces.append([a, e, c])
+                uv_faces += _quad(a, b, c, e, j)
         # eyeballs
         self.eye_centers = []
         eye_v, eye_f, eye_uv, eye_ft = [], [], [], []
@@ -413,38 +418,136 @@ def _shape_dirs(h: _Head, rng):
     return Q * scale
 
 
+# The named expression directions of the generated model, in coefficient order (v4). Each is
+# mirror-symmetric ("both sides") or antisymmetric ("_asym": +1 moves the subject's left side
+# (+x), -1 the right one); one unit is a moderate expression, about 2 a full one (eyes shut,
+# lips pressed flat). The remaining directions up to 100 are random localized fields, alternately
+# symmetric and antisymmetric.
+EXPRESSION_NAMES = (
+    "lips_part", "smile", "smile_asym", "mouth_stretch_open", "lips_press", "pucker",
+    "mouth_frown", "mouth_frown_asym", "lip_stretch", "mouth_sideways_asym", "upper_lip_raise",
+    "sneer_asym", "lower_lip_depress", "lip_funnel", "chin_raise", "cheek_puff", "cheek_puff_asym",
+    "eyes_close", "wink_asym", "eyes_wide", "squint", "squint_asym", "brows_raise",
+    "brow_raise_asym", "inner_brows_raise", "brows_frown", "brow_lower_asym", "nose_wrinkle",
+    "nostril_flare", "lips_roll_in",
+)
+
+
+def _mirror_pairs(v, tag):
+    """Each vertex's partner across the x = 0 plane (the template is symmetric); ``tag`` (V,)
+    is a mirror-symmetric label that keeps coincident vertices apart (the two lips at the slit)."""
+    from scipy.spatial import cKDTree
+
+    pts = np.c_[v, 0.01 * tag]
+    _, pair = cKDTree(pts).query(pts * np.array([-1.0, 1.0, 1.0, 1.0]))
+    return pair
+
+
 def _expr_dirs(h: _Head, W, rng):
+    """(V, 3, 100) expression directions: the named ones of :data:`EXPRESSION_NAMES`, then random
+    localized fields. Every direction is exactly mirror-symmetric or antisymmetric."""
     v = h.v
     V = len(v)
-    x, z = v[:, 0], v[:, 2]
+    x, y, z = v[:, 0], v[:, 1], v[:, 2]
     ym = h.y_mouth
     xy = v[:, :2]
+    ax = np.abs(x)
+    pair = _mirror_pairs(v, W[:, 2])
+    M = np.array([-1.0, 1.0, 1.0])
     front = _smoothstep(0.02, 0.06, z)
-    lower = W[:, 2]
-    upper_lip = _gauss(xy, [0, ym + 0.006], [0.024, 0.009]) * (1 - lower) * front
-    lower_lip = _gauss(xy, [0, ym - 0.007], [0.024, 0.010]) * lower * front
-    mouth = _gauss(xy, [0, ym], [0.03, 0.02]) * front
-    corners = [_gauss(xy, [s * 0.024, ym], [0.010, 0.010]) * front for s in (1, -1)]
-    brows = [_gauss(xy, [s * 0.030, 0.049], [0.018, 0.010]) * front for s in (1, -1)]
-    lids = [_gauss(xy, [s * 0.032, 0.034], [0.013, 0.006]) * front for s in (1, -1)]
-    cheeks = [_gauss(xy, [s * 0.042, -0.02], [0.016, 0.016]) * front for s in (1, -1)]
-    nose = _gauss(xy, [0.0, 0.005], [0.012, 0.014]) * front
-    dirs = []
+    lower = W[:, 2]                      # on the jaw: lower lip, chin
+    left = _smoothstep(-0.004, 0.004, x)  # the subject's left half (+x)
 
     def vec(w, dx, dy, dz):
         return w[:, None] * np.array([dx, dy, dz])[None]
 
-    dirs.append(vec(upper_lip, 0, 0.004, 0.0005) + vec(lower_lip, 0, -0.006, -0.001))      # mouth open
-    dirs.append(sum(vec(c, s * 0.0025, 0.004, -0.002) for c, s in zip(corners, (1, -1))))  # smile
-    dirs.append(vec(mouth, 0, 0, 0.005) + np.c_[-x * 0.12 * mouth, np.zeros(V), np.zeros(V)])  # pucker
-    dirs.append(sum(vec(b, 0, 0.005, 0.001) for b in brows))                              # brow raise
-    dirs.append(sum(vec(b, -s * 0.003, -0.003, 0.0) for b, s in zip(brows, (1, -1))))      # frown
-    dirs.append(sum(vec(l, 0, -0.0055, 0.002) for l in lids))                             # blink
-    dirs.append(sum(vec(c, s * 0.004, 0, 0.003) for c, s in zip(cheeks, (1, -1))))        # cheek puff
-    dirs.append(vec(corners[0], 0.002, 0.004, -0.002))                                   # half smile
-    dirs.append(vec(nose, 0, 0.0025, -0.001) + sum(vec(c, 0, 0.002, 0) for c in cheeks))  # nose wrinkle
-    dirs.append(vec(upper_lip, 0, -0.0015, -0.002) + vec(lower_lip, 0, 0.0015, -0.002))   # lip press
-    regions = [mouth, upper_lip, lower_lip, *corners, *brows, *lids, *cheeks, nose]
+    def outward(w, d):
+        """Displacement d * w along +x on the left half and -x on the right (mirror-symmetric)."""
+        return np.c_[np.sign(x) * d * w, np.zeros(V), np.zeros(V)]
+
+    # regions (the iBUG landmark layout of _ibug_inner: eyes at (+-0.0325, 0.0275), brows ~0.049,
+    # mouth corners at (+-0.0235, ym), nose tip (0, -0.006), nostrils y ~ -0.018)
+    ey, ehh = 0.0275, 0.0045
+    eye_x = _gauss(np.c_[ax], [0.0325], [0.013]) * front
+    mouth = _gauss(xy, [0, ym], [0.028, 0.018]) * front
+    upper_lip = _gauss(xy, [0, ym + 0.006], [0.024, 0.009]) * (1 - lower) * front
+    lower_lip = _gauss(xy, [0, ym - 0.007], [0.024, 0.010]) * lower * front
+    corners = _gauss(np.c_[ax, y], [0.024, ym], [0.010, 0.010]) * front
+    lip_band = _gauss(xy, [0, ym], [0.022, 0.012]) * front
+    chin = _gauss(xy, [0, ym - 0.030], [0.018, 0.012]) * front
+    cheeks = _gauss(np.c_[ax, y], [0.042, -0.020], [0.016, 0.016]) * front
+    cheek_hi = _gauss(np.c_[ax, y], [0.040, 0.005], [0.016, 0.010]) * front
+    brows = _gauss(np.c_[ax, y], [0.032, 0.049], [0.020, 0.009]) * front
+    inner_brows = _gauss(np.c_[ax, y], [0.014, 0.048], [0.010, 0.008]) * front
+    glabella = _gauss(xy, [0.0, 0.040], [0.010, 0.008]) * front
+    nose = _gauss(xy, [0.0, 0.012], [0.010, 0.012]) * front
+    wings = _gauss(np.c_[ax, y], [0.0135, -0.016], [0.007, 0.006]) * front
+    # eyelids: the opening between the lid landmarks (ey +- ehh) closes towards y0, the skin
+    # over the eyeball comes forward to cover it; above and below the movement fades out
+    y0 = ey - 0.35 * ehh
+    lo, hi = ey - ehh - 0.001, ey + ehh + 0.001
+    fade = np.where(y > hi, np.exp(-0.5 * ((y - hi) / 0.007) ** 2),
+                    np.where(y < lo, np.exp(-0.5 * ((lo - y) / 0.003) ** 2), 1.0))
+    lid_close = -(np.clip(y, lo, hi) - y0) * fade * eye_x          # dy per unit (toward y0)
+    lid_cover = _gauss(np.c_[ax, y], [0.0325, ey + 0.001], [0.010, 0.006]) * front
+    upper_lid = _gauss(np.c_[ax, y], [0.0325, ey + ehh + 0.002], [0.012, 0.005]) * front
+    lower_lid = _gauss(np.c_[ax, y], [0.0325, ey - ehh - 0.001], [0.011, 0.0035]) * front
+
+    eyes_close = np.c_[np.zeros(V), 0.6 * lid_close, 0.0032 * lid_cover]
+    squint = vec(lower_lid, 0, 0.0022, 0.0008) + vec(cheek_hi, 0, 0.0025, 0.001)
+    smile = vec(corners, 0, 0.0042, -0.0022) + outward(corners, 0.0025) + vec(cheek_hi, 0, 0.0015, 0.0008)
+    frown_m = vec(corners, 0, -0.0045, -0.0005) + vec(chin, 0, 0.001, 0.0005)
+    brow_up = vec(brows, 0, 0.0055, 0.001)
+    brow_down = vec(brows, 0, -0.0035, 0.0005) + outward(inner_brows, -0.0025)
+    sneer = vec(wings, 0, 0.0025, 0.0005) + vec(upper_lip * _smoothstep(0.0, 0.012, ax), 0, 0.0025, 0.0005)
+    puff = vec(cheeks, 0, 0, 0.004) + outward(cheeks, 0.004)
+    named = {
+        "lips_part": vec(upper_lip, 0, 0.0035, 0.0005) + vec(lower_lip, 0, -0.0055, -0.001),
+        "smile": smile,
+        "smile_asym": smile,
+        "mouth_stretch_open": vec(upper_lip, 0, 0.005, -0.0005) + vec(lower_lip, 0, -0.008, -0.0015)
+        + outward(corners, -0.003) + vec(chin, 0, -0.004, -0.001),
+        "lips_press": vec(upper_lip, 0, -0.0022, -0.0018) + vec(lower_lip, 0, 0.0022, -0.0018)
+        + outward(corners, 0.0008),
+        "pucker": vec(lip_band, 0, 0, 0.0055) + outward(mouth, -0.0045),
+        "mouth_frown": frown_m,
+        "mouth_frown_asym": frown_m,
+        "lip_stretch": outward(corners, 0.004) + vec(lip_band, 0, 0, -0.0015),
+        "mouth_sideways_asym": vec(mouth, 0.004, 0, 0),
+        "upper_lip_raise": vec(upper_lip, 0, 0.0035, 0.001),
+        "sneer_asym": sneer,
+        "lower_lip_depress": vec(lower_lip, 0, -0.0035, 0.0005),
+        "lip_funnel": vec(lip_band, 0, 0, 0.004) + vec(upper_lip, 0, 0.002, 0) + vec(lower_lip, 0, -0.002, 0)
+        + outward(corners, -0.0025),
+        "chin_raise": vec(chin, 0, 0.0025, 0.002) + vec(lower_lip, 0, 0.002, 0.0015),
+        "cheek_puff": puff,
+        "cheek_puff_asym": puff,
+        "eyes_close": eyes_close,
+        "wink_asym": eyes_close,
+        "eyes_wide": vec(upper_lid, 0, 0.0035, 0.0005) + vec(lower_lid, 0, -0.0008, 0),
+        "squint": squint,
+        "squint_asym": squint,
+        "brows_raise": brow_up,
+        "brow_raise_asym": brow_up,
+        "inner_brows_raise": vec(inner_brows, 0, 0.0045, 0.0005) + outward(inner_brows, -0.0008),
+        "brows_frown": brow_down + vec(glabella, 0, -0.0015, 0.0005),
+        "brow_lower_asym": brow_down,
+        "nose_wrinkle": vec(nose, 0, 0.0025, -0.001) + vec(wings, 0, 0.002, 0.0005) + vec(cheek_hi, 0, 0.001, 0),
+        "nostril_flare": outward(wings, 0.0025) + vec(wings, 0, 0.0005, 0.0005),
+        "lips_roll_in": vec(upper_lip, 0, -0.0015, -0.003) + vec(lower_lip, 0, 0.0015, -0.003),
+    }
+    assert tuple(named) == EXPRESSION_NAMES
+
+    def sym(d):
+        return 0.5 * (d + d[pair] * M)
+
+    def antisym(d):
+        # +1 on the subject's left: keep the left half's motion, mirrored negatively on the right
+        d = d * left[:, None]
+        return d - d[pair] * M
+
+    dirs = [antisym(d) if n.endswith("_asym") else sym(d) for n, d in named.items()]
+    regions = [mouth, upper_lip, lower_lip, corners, brows, lid_cover, cheeks, cheek_hi, nose, chin]
     while len(dirs) < 100:
         k = len(dirs)
         w = regions[rng.integers(len(regions))]
@@ -454,7 +557,8 @@ def _expr_dirs(h: _Head, W, rng):
         fld = w[:, None] * fld / (np.abs(fld).max() + 1e-12) * 0.004
         if rng.random() < 0.5:
             fld += vec(lower * mouth, *(rng.standard_normal(3) * 0.002))
-        dirs.append(fld * 0.9 ** (k / 12))
+        fld = sym(fld) if k % 2 == 0 else antisym(fld)
+        dirs.append(fld / (np.abs(fld).max() + 1e-12) * 0.004 * 0.9 ** (k / 12))
     E = np.stack(dirs, -1)
     for r in h.eye_ranges + [h.bag_range]:
         E[r] = 0.0
@@ -563,7 +667,9 @@ def _contour_table(h: _Head, W):
         for ps in psi:
             dang = np.abs((ang - ps + np.pi) % (2 * np.pi) - np.pi)
             ok = dang < np.deg2rad(4.0)
-            k = np.argmax(np.where(ok, rad, -1))
+            # the outermost point along the ray (not the farthest from the centre: that put the
+            # chin point 8 on a column beside the midline in v3)
+            k = np.argmax(np.where(ok, rad * np.cos(dang), -1))
             row.append(cand_idx[k])
         table[beta] = row
     return table

@@ -39,12 +39,18 @@ def _signs(dirs: np.ndarray, pair: np.ndarray) -> np.ndarray:
 
 def mirror_maps(flame) -> MirrorMaps:
     """The mirror maps of a :class:`~ppface3d.flame.FLAME` instance (its shape and expression
-    sizes). Vertices are paired by nearest neighbour of the mirrored template; a template whose
+    sizes). Vertices are paired by nearest neighbour of the mirrored template (ties between coincident
+    vertices broken by skinning weights); a template whose
     median pairing distance exceeds 0.1% of its extent counts as not symmetric (all signs 0)."""
     from scipy.spatial import cKDTree
 
     vt = flame.v_template.numpy().astype(np.float64)
-    dist, pair = cKDTree(vt).query(vt * MIRROR_X.astype(np.float64))
+    # coincident vertices (the generated model's two lips at the mouth slit) are told apart by
+    # their root/neck/jaw skinning weights, which a mirror keeps
+    tag = 1e-4 * np.ptp(vt, 0).max() * flame.lbs_weights.numpy().astype(np.float64)[:, :3]
+    pts = np.c_[vt, tag]
+    _, pair = cKDTree(pts).query(np.c_[vt * MIRROR_X.astype(np.float64), tag])
+    dist = np.linalg.norm(vt[pair] - vt * MIRROR_X.astype(np.float64), axis=1)
     ns, ne = flame.n_shape, flame.n_expression
     if np.median(dist) > 1e-3 * np.ptp(vt, 0).max():
         return MirrorMaps(pair, np.zeros(ns, np.float32), np.zeros(ne, np.float32), False)

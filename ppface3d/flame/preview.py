@@ -111,8 +111,10 @@ def sheet(flame=None, size=200):
     rng = np.random.default_rng(0)
     for i in range(4):
         add(f"identity {i + 1}", yaw=20, shape=rng.standard_normal(flame.n_shape) * 1.5)
-    for name, k, s in (("expr 1 (+2)", 0, 2.0), ("expr 2 smile", 1, 2.5), ("expr 4 brows", 3, 2.5),
-                       ("expr 6 blink", 5, 2.0)):
+    for name, k, s in (("lips part (+2)", 0, 2.0), ("smile (+2.5)", 1, 2.5), ("brows raised (+2.5)", 22, 2.5),
+                       ("eyes closed (+2)", 17, 2.0)):
+        if k >= flame.n_expression:
+            continue
         e = np.zeros(flame.n_expression)
         e[k] = s
         add(name, yaw=15, expression=e)

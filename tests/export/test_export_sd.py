@@ -8,7 +8,7 @@ import numpy as np
 import paddle
 import pytest
 from conftest import ROOT, export_cli, feeds_for
-from random_weights import randomize, write_byte_level_tokenizer
+from random_weights import make_sd_pipeline
 
 from ppengine.export.checks import psnr
 
@@ -17,30 +17,8 @@ SD = os.path.join(ROOT, "configs", "ldm", "sd21_base.yml")
 
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory):
-    from paddlenlp.transformers import CLIPTokenizer
-    from ppdiffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from ppdiffusers.transformers import CLIPTextConfig, CLIPTextModel
-
-    from ppldm.diffusion import make_scheduler
-
     root = tmp_path_factory.mktemp("sd")
-    n = write_byte_level_tokenizer(str(root / "tok"))
-    tokenizer = CLIPTokenizer(str(root / "tok" / "vocab.json"), str(root / "tok" / "merges.txt"))
-    paddle.seed(0)
-    text = randomize(CLIPTextModel(CLIPTextConfig(vocab_size=n, hidden_size=32, intermediate_size=64,
-                                                  num_hidden_layers=2, num_attention_heads=2,
-                                                  max_position_embeddings=77, hidden_act="gelu")), 3)
-    unet = randomize(UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        attention_head_dim=(1, 2), cross_attention_dim=32, use_linear_projection=True), 1)
-    vae = randomize(AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 32),
-                                  layers_per_block=1, latent_channels=4), 2)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                   scheduler=make_scheduler("ddim", steps_offset=1),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(str(root / "pipe"))
+    make_sd_pipeline(str(root), prediction_type="eps")
     return root
 
 
@@ -104,16 +82,15 @@ def test_sd_single_file_exports(sd_folder, tmp_path):
     sd = build_model(load_config(SD, [f"model.folder={sd_folder / 'pipe'}"]))
     path = save_single_file(sd, str(tmp_path / "model.safetensors"))
     out = tmp_path / "export"
-    assert export_cli("-c", SD, "-o", f"model.checkpoint={path}", "-o", f"model.tokenizer={sd_folder / 'tok'}",
-                      "-o", "model.sample_size=32", "--component", "unet", "--target", "paddle",
+    assert export_cli("-c", SD, "-o", f"model.checkpoint={path}", "-o", f"model.tokenizer={sd_folder / 'tok_src'}",
+                      "-o", "model.sample_size=32", "--component", "vae_decoder", "--target", "paddle",
                       "--output", out) == 0
     with open(out / "manifest.json") as f:
         m = json.load(f)
-    assert list(m["components"]) == ["unet"]
+    assert list(m["components"]) == ["vae_decoder"]
     from ppengine.export.paddle_target import PaddleInferenceRunner
 
-    f = feeds_for(m, "unet")
-    got = PaddleInferenceRunner(str(out / "paddle" / "unet"), ["noise_pred"])(f)["noise_pred"]
-    ref = sd.unet(paddle.to_tensor(f["sample"]), paddle.to_tensor(f["timestep"]),
-                  paddle.to_tensor(f["encoder_hidden_states"][:, :, 0].transpose(0, 2, 1))).numpy()
+    f = feeds_for(m, "vae_decoder")
+    got = PaddleInferenceRunner(str(out / "paddle" / "vae_decoder"), ["image"])(f)["image"]
+    ref = sd.vae.decode(paddle.to_tensor(f["z"])).numpy()
     assert psnr(ref, got) >= 60

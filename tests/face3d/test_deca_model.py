@@ -129,7 +129,7 @@ def test_synthetic_flip_mirrors_images_and_labels():
                global_pose=t(m["pose"][:, :3]), jaw_pose=t(m["pose"][:, 3:]))
     proj = OrthographicCamera(t(m["cam"])).project(fo.landmarks).numpy()
     ok = m["landmark"][0, :, 2] > 0
-    assert ok.sum() >= 60 and not ok[8]  # the generated model's chin point is off the midline
+    assert ok.sum() >= 60 and ok[8]  # the chin point 8 lies on the midline (generator v4)
     np.testing.assert_allclose(proj[:, ok], m["landmark"][:, ok, :2], atol=2e-3)
     r = ds.face.renderer(fo.vertices, OrthographicCamera(t(m["cam"])))
     sil = r["alpha_images"].numpy()[:, 0] > 0.5
@@ -255,6 +255,8 @@ def test_albedo_files(tmp_path):
 
 
 def test_short_training_improves_eval_metric(tmp_path):
+    # 40 steps: at 20 the outcome swung with the training seed (ratio 0.15-1.39 over seeds 0-3 on
+    # generator v3 and v4 alike); at 40 it was 0.06-0.76 over the same seeds
     from ppengine.config import Config
     from ppengine.trainer import Trainer
 
@@ -268,7 +270,7 @@ def test_short_training_improves_eval_metric(tmp_path):
                  "val": {"type": "SyntheticFaces", "split": "val", "num_subjects": 8, "K": 1, "uv_size": 32, **common}},
         "optimizer": {"type": "Adam", "lr": 1e-3},
         "metrics": [{"type": "FaceReconstructionMetric", "icp_iters": 0}],
-        "train": {"max_iters": 20, "eval_interval": 0, "save_interval": 0, "log_interval": 25, "seed": 0,
+        "train": {"max_iters": 40, "eval_interval": 0, "save_interval": 0, "log_interval": 25, "seed": 0,
                   "progress": False, "grad_clip": 1.0, "output": str(tmp_path / "run")},
     })
     t = Trainer(cfg, output=str(tmp_path / "run"))
