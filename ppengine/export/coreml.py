@@ -57,8 +57,9 @@ AUTHOR = "ppdigitalhuman (ppengine.export, Paddle -> ONNX -> Core ML)"
 @contextlib.contextmanager
 def quiet_coremltools() -> Iterator[None]:
     """coremltools' and onnx2coreml's chatter off (the Linux ``Failed to load _MLModelProxy`` and
-    untested-version warnings, the per-pass progress bars, onnxruntime's constant-folding warnings),
-    unless ``PPENGINE_VERBOSE=1``. Errors still raise."""
+    untested-version warnings, onnxruntime's constant-folding warnings), unless ``PPENGINE_VERBOSE=1``.
+    coremltools' progress bars (MIL passes, compression) stay on a terminal, where a large UNet
+    takes minutes, and are dropped elsewhere (logs, notebooks, tests). Errors still raise."""
     from ..quiet import verbose_requested
 
     if verbose_requested(argv=()):
@@ -68,7 +69,12 @@ def quiet_coremltools() -> Iterator[None]:
     level = logger.level
     logger.setLevel(logging.ERROR)
     real = sys.stderr
-    sys.stderr = io.StringIO()           # tqdm progress bars of the MIL passes
+    try:
+        interactive = real.isatty()
+    except (AttributeError, ValueError):
+        interactive = False
+    if not interactive:
+        sys.stderr = io.StringIO()       # tqdm progress bars of the MIL passes
     try:
         try:
             import onnxruntime as ort
