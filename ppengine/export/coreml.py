@@ -25,7 +25,7 @@ TorchScript:
   Only the UNet is chunked (apple role ``Unet``, or a component with ``extra["chunk"]``): the text
   encoder, VAE and other components stay whole, as the Swift package loads them;
 * metadata: short description, author, licence, version, each input's and output's description,
-  and ``user_defined_metadata`` (component, precision, compression, chunk, software versions).
+  and ``user_defined_metadata`` (component, precision, compression, chunk part, software versions).
 
 Nothing half-written is left: the packages are built in a hidden folder beside ``out_path`` and
 moved into place at the end. Core ML cannot run on Linux; :mod:`.mil_eval` evaluates the written
@@ -205,18 +205,6 @@ def compress_model(mlmodel, compress: str, min_size: int = MIN_COMPRESS_SIZE):
         return fn(mlmodel, config=config)
 
 
-def software_versions() -> Dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for pkg in ("ppdigitalhuman", "paddlepaddle", "paddle2onnx", "onnx2coreml", "coremltools"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
 def set_metadata(mlmodel, component: Component, metadata: Optional[dict], precision: str, compress: str,
                  part: Optional[str] = None):
     """Fill the package's metadata (what Xcode's model viewer and ``MLModel.description`` show).
@@ -225,6 +213,8 @@ def set_metadata(mlmodel, component: Component, metadata: Optional[dict], precis
     ``inputs`` / ``outputs`` ({name: description}, default the component's), ``user_defined``
     ({key: value}); other string values go to ``user_defined_metadata`` too.
     """
+    from .pipeline import software_versions
+
     meta = dict(metadata or {})
     versions = software_versions()
     desc = meta.pop("description", None) or component.description or component.name
