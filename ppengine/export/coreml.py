@@ -159,15 +159,10 @@ def _check_io(model, component: Component, onnx_path: str):
 def to_mlmodel(model, precision: str = "fp16", component_name: str = "graph"):
     """An ONNX ModelProto -> an in-memory ML Program ``MLModel`` (not loadable on Linux, savable)."""
     ct = coremltools()
+    from onnx2coreml import UnsupportedOpError
     from onnx2coreml._backend import program_to_mlmodel
     from onnx2coreml._target import Format, resolve_precision, resolve_target
 
-    missing = unsupported_ops(model)
-    if missing:
-        op, nodes = next(iter(missing.items()))
-        raise ExportError(f"component {component_name!r}: the ONNX operator {op!r} (node {nodes[0]!r}"
-                          f"{f' and {len(nodes) - 1} more' if len(nodes) > 1 else ''}) has no Core ML lowering; "
-                          f"add a handler to ppengine/export/onnx_ops_coreml.py (unsupported: {', '.join(missing)})")
     fmt = Format.MLPACKAGE
     target = resolve_target(DEPLOYMENT_TARGET, fmt)
     prec = resolve_precision(precision, fmt)
@@ -176,8 +171,12 @@ def to_mlmodel(model, precision: str = "fp16", component_name: str = "graph"):
             program = converter().to_mil(model, target=target, precision=prec)
             return program_to_mlmodel(program, fmt=fmt, precision=prec, target=target,
                                       compute_units=ct.ComputeUnit.ALL)
-        except ExportError:
-            raise
+        except UnsupportedOpError as e:
+            op, nodes = next(iter(e.missing.items()))
+            raise ExportError(f"component {component_name!r}: the ONNX operator {op!r} (node {nodes[0]!r}"
+                              f"{f' and {len(nodes) - 1} more' if len(nodes) > 1 else ''}) has no Core ML lowering; "
+                              f"add a handler to ppengine/export/onnx_ops_coreml.py (unsupported: "
+                              f"{', '.join(e.missing)})") from None
         except Exception as e:  # noqa: BLE001 - onnx2coreml / coremltools errors, made one line
             msg = " ".join(str(e).split())[:400]
             raise ExportError(f"component {component_name!r}: ONNX -> Core ML failed ({type(e).__name__}: {msg})") from e
