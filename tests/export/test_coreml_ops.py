@@ -283,9 +283,8 @@ def handler_package(tmp_path_factory):
 
 
 def test_onnx_handlers_convert_and_match_onnxruntime(handler_package):
-    import onnxruntime as ort
-
     import onnx2coreml
+    import onnxruntime as ort
 
     from ppengine.export.coreml import unsupported_ops
 
