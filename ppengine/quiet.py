@@ -60,6 +60,7 @@ WARNING_MESSAGES = (
     r"No ccache found",
     r"SymbolDatabase\.GetPrototype\(\) is deprecated",
     r"Setuptools is replacing distutils",
+    r"pkg_resources is deprecated as an API",   # jieba (paddlenlp), face_recognition_models on setuptools 81
 )
 
 _state = {"applied": False, "verbose": False}
