@@ -164,6 +164,30 @@ def _convert_here(prefix: str, verbose: bool) -> Tuple[Optional[bytes], str]:
     return data, "".join(log)
 
 
+def _wait(pid: int, timeout: float) -> int:
+    """waitpid with a deadline: a child that hangs (a lock held by another thread at fork time) is
+    killed and reported instead of blocking the export forever."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
+            if time.monotonic() > deadline:
+                raise ExportError(f"paddle2onnx did not finish within {timeout:.0f} s (PPENGINE_P2O_TIMEOUT); "
+                                  "nothing was written")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+    except BaseException:  # the deadline, Ctrl-C: the child goes too
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+
+
 def _convert(prefix: str) -> Tuple[Optional[bytes], str]:
     """paddle2onnx on the saved program, in a forked child process where the OS allows (some
     converters abort the process, e.g. softplus): -> (ONNX bytes or None, paddle2onnx's verbose log)."""
@@ -196,7 +220,7 @@ def _convert(prefix: str) -> Tuple[Optional[bytes], str]:
                     code = 0
             finally:
                 os._exit(code)
-        _, status = os.waitpid(pid, 0)
+        status = _wait(pid, float(os.environ.get("PPENGINE_P2O_TIMEOUT", "1800")))
         text = open(log).read() if os.path.isfile(log) else ""
         if os.WIFSIGNALED(status):
             text += f"\n[ERROR] paddle2onnx aborted (signal {os.WTERMSIG(status)})"

@@ -262,8 +262,10 @@ def _export_into(tmp, scratch, model, config, comps, info, targets, options, pre
         copies[dest] = None
     manifest["files"] = sorted(copies)
     metadata = dict(info.get("metadata") or {})
-    for comp in comps:
+    for i, comp in enumerate(comps):
         t0 = time.time()
+        log(f"[{i + 1}/{len(comps)}] {comp.name}: " + ", ".join(f"{t.name} {list(t.shape)}" for t in comp.inputs)
+            + " -> " + ", ".join(f"{t.name} {list(t.shape)}" for t in comp.outputs))
         feeds = example_inputs(comp, seed)
         reference = run_dygraph(comp, feeds)
         entry = comp.to_dict()
@@ -291,7 +293,8 @@ def _export_into(tmp, scratch, model, config, comps, info, targets, options, pre
                 entry["onnx"] = facts
                 log(f"  onnx {comp.name}: {checks.describe(res)}")
             if "coreml" in targets:
-                meta = dict(metadata, description=comp.description,
+                desc = "; ".join(d for d in (metadata.get("description"), comp.description) if d)
+                meta = dict(metadata, description=desc,
                             inputs={t.name: t.description for t in comp.inputs},
                             outputs={t.name: t.description for t in comp.outputs})
                 entry["coreml"] = _export_coreml(comp, path, tmp, precision, compress, chunk, meta, reference,
