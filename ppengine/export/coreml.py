@@ -25,7 +25,7 @@ TorchScript:
   Only the UNet is chunked (apple role ``Unet``, or a component with ``extra["chunk"]``): the text
   encoder, VAE and other components stay whole, as the Swift package loads them;
 * metadata: short description, author, licence, version, each input's and output's description,
-  and ``user_defined_metadata`` (component, precision, compression, chunk, software versions).
+  and ``user_defined_metadata`` (component, precision, compression, chunk part, software versions).
 
 Nothing half-written is left: the packages are built in a hidden folder beside ``out_path`` and
 moved into place at the end. Core ML cannot run on Linux; :mod:`.mil_eval` evaluates the written
@@ -57,8 +57,9 @@ AUTHOR = "ppdigitalhuman (ppengine.export, Paddle -> ONNX -> Core ML)"
 @contextlib.contextmanager
 def quiet_coremltools() -> Iterator[None]:
     """coremltools' and onnx2coreml's chatter off (the Linux ``Failed to load _MLModelProxy`` and
-    untested-version warnings, the per-pass progress bars, onnxruntime's constant-folding warnings),
-    unless ``PPENGINE_VERBOSE=1``. Errors still raise."""
+    untested-version warnings, onnxruntime's constant-folding warnings), unless ``PPENGINE_VERBOSE=1``.
+    coremltools' progress bars (MIL passes, compression) stay on a terminal, where a large UNet
+    takes minutes, and are dropped elsewhere (logs, notebooks, tests). Errors still raise."""
     from ..quiet import verbose_requested
 
     if verbose_requested(argv=()):
@@ -68,7 +69,12 @@ def quiet_coremltools() -> Iterator[None]:
     level = logger.level
     logger.setLevel(logging.ERROR)
     real = sys.stderr
-    sys.stderr = io.StringIO()           # tqdm progress bars of the MIL passes
+    try:
+        interactive = real.isatty()
+    except (AttributeError, ValueError):
+        interactive = False
+    if not interactive:
+        sys.stderr = io.StringIO()       # tqdm progress bars of the MIL passes
     try:
         try:
             import onnxruntime as ort
@@ -153,15 +159,10 @@ def _check_io(model, component: Component, onnx_path: str):
 def to_mlmodel(model, precision: str = "fp16", component_name: str = "graph"):
     """An ONNX ModelProto -> an in-memory ML Program ``MLModel`` (not loadable on Linux, savable)."""
     ct = coremltools()
+    from onnx2coreml import UnsupportedOpError
     from onnx2coreml._backend import program_to_mlmodel
     from onnx2coreml._target import Format, resolve_precision, resolve_target
 
-    missing = unsupported_ops(model)
-    if missing:
-        op, nodes = next(iter(missing.items()))
-        raise ExportError(f"component {component_name!r}: the ONNX operator {op!r} (node {nodes[0]!r}"
-                          f"{f' and {len(nodes) - 1} more' if len(nodes) > 1 else ''}) has no Core ML lowering; "
-                          f"add a handler to ppengine/export/onnx_ops_coreml.py (unsupported: {', '.join(missing)})")
     fmt = Format.MLPACKAGE
     target = resolve_target(DEPLOYMENT_TARGET, fmt)
     prec = resolve_precision(precision, fmt)
@@ -170,8 +171,12 @@ def to_mlmodel(model, precision: str = "fp16", component_name: str = "graph"):
             program = converter().to_mil(model, target=target, precision=prec)
             return program_to_mlmodel(program, fmt=fmt, precision=prec, target=target,
                                       compute_units=ct.ComputeUnit.ALL)
-        except ExportError:
-            raise
+        except UnsupportedOpError as e:
+            op, nodes = next(iter(e.missing.items()))
+            raise ExportError(f"component {component_name!r}: the ONNX operator {op!r} (node {nodes[0]!r}"
+                              f"{f' and {len(nodes) - 1} more' if len(nodes) > 1 else ''}) has no Core ML lowering; "
+                              f"add a handler to ppengine/export/onnx_ops_coreml.py (unsupported: "
+                              f"{', '.join(e.missing)})") from None
         except Exception as e:  # noqa: BLE001 - onnx2coreml / coremltools errors, made one line
             msg = " ".join(str(e).split())[:400]
             raise ExportError(f"component {component_name!r}: ONNX -> Core ML failed ({type(e).__name__}: {msg})") from e
@@ -199,18 +204,6 @@ def compress_model(mlmodel, compress: str, min_size: int = MIN_COMPRESS_SIZE):
         return fn(mlmodel, config=config)
 
 
-def software_versions() -> Dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for pkg in ("ppdigitalhuman", "paddlepaddle", "paddle2onnx", "onnx2coreml", "coremltools"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
 def set_metadata(mlmodel, component: Component, metadata: Optional[dict], precision: str, compress: str,
                  part: Optional[str] = None):
     """Fill the package's metadata (what Xcode's model viewer and ``MLModel.description`` show).
@@ -219,6 +212,8 @@ def set_metadata(mlmodel, component: Component, metadata: Optional[dict], precis
     ``inputs`` / ``outputs`` ({name: description}, default the component's), ``user_defined``
     ({key: value}); other string values go to ``user_defined_metadata`` too.
     """
+    from .pipeline import software_versions
+
     meta = dict(metadata or {})
     versions = software_versions()
     desc = meta.pop("description", None) or component.description or component.name

@@ -335,6 +335,55 @@ def _upsample_nearest(o):
     return np.repeat(np.repeat(x, int(sh), axis=-2), int(sw), axis=-1)
 
 
+def _grid(n_in: int, n_out: int, mode: str) -> np.ndarray:
+    """Sample positions of MIL's bilinear resampling along one axis (coremltools' documented modes)."""
+    i = np.arange(n_out, dtype=np.float64)
+    if mode in ("STRICT_ALIGN_CORNERS", "ALIGN_CORNERS"):
+        if n_out == 1:
+            g = np.array([(n_in - 1) / 2.0 if mode == "ALIGN_CORNERS" else 0.0])
+        else:
+            g = i * (n_in - 1) / (n_out - 1)
+    elif mode == "DEFAULT":
+        g = i * ((n_in - n_in / n_out) / (n_out - 1) if n_out > 1 else 0.0)
+    elif mode == "OFFSET_CORNERS":
+        delta = max(1, n_in - 1) / n_out
+        g = 0.5 * delta + i * delta
+    elif mode == "UNALIGN_CORNERS":
+        spacing = n_in / n_out
+        g = i * spacing + 0.5 * spacing - 0.5
+    else:
+        raise ExportError(f"MIL bilinear resampling: unknown sampling mode {mode!r}")
+    return np.clip(g, 0, n_in - 1)
+
+
+def _bilinear(x: np.ndarray, h_out: int, w_out: int, mode: str) -> np.ndarray:
+    out = x.astype(np.float32)
+    for axis, n_out in ((-2, h_out), (-1, w_out)):
+        g = _grid(out.shape[axis], n_out, mode)
+        lo = np.floor(g).astype(np.int64)
+        hi = np.minimum(lo + 1, out.shape[axis] - 1)
+        frac = (g - lo).astype(np.float32)
+        shape = [1] * out.ndim
+        shape[axis] = -1
+        frac = frac.reshape(shape)
+        out = np.take(out, lo, axis=axis) * (1 - frac) + np.take(out, hi, axis=axis) * frac
+    return out
+
+
+@op("resize_bilinear")
+def _resize_bilinear(o):
+    return _bilinear(o["x"], int(o.scalar("target_size_height", 1)), int(o.scalar("target_size_width", 1)),
+                     str(o.scalar("sampling_mode", "DEFAULT")))
+
+
+@op("upsample_bilinear")
+def _upsample_bilinear(o):
+    x = np.asarray(o["x"])
+    sh, sw = float(o.scalar("scale_factor_height", 1)), float(o.scalar("scale_factor_width", 1))
+    mode = "STRICT_ALIGN_CORNERS" if o.scalar("align_corners", True) else "UNALIGN_CORNERS"
+    return _bilinear(x, int(math.floor(x.shape[-2] * sh)), int(math.floor(x.shape[-1] * sw)), mode)
+
+
 # --------------------------------------------------------------------------- normalisation
 def _norm(x: np.ndarray, axes, eps: float) -> np.ndarray:
     x64 = x.astype(np.float64)
@@ -709,10 +758,22 @@ def predict(mlpackage_path, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarra
 
 
 def predict_chain(paths: List[str], feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """Run packages in order (chunks), each seeing the feeds plus the outputs of those before;
-    returns the last one's outputs."""
+    """Run packages in order (chunks), each seeing the feeds plus the outputs of those before (as
+    apple's Swift pipeline runs UnetChunk1 then UnetChunk2); returns the last one's outputs."""
     values, out = dict(feeds), {}
     for p in paths:
         out = predict(p, values)
         values.update(out)
     return out
+
+
+class Runner:
+    """A component's package(s) loaded once: ``Runner(paths)(feeds) -> {output: ndarray}`` (chunks
+    run in order), the Core ML counterpart of ``onnx_target.OrtRunner``."""
+
+    def __init__(self, paths):
+        self.paths = [paths] if isinstance(paths, str) else list(paths)
+        self.programs = [load(p) for p in self.paths]
+
+    def __call__(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        return predict_chain(self.programs, feeds)
