@@ -261,16 +261,18 @@ def case_face(repeats, tmp):
         print(json.dumps(jsonable(d)), flush=True)
 
 
-def case_sizes(tmp):
+SIZE_CONFIGS = ["ldm/class2img_digits.yml", "ldm/uncond_digits.yml", "ldm/txt2img_shapes.yml",
+                "ldm/txt2img_shapes_minilm.yml", "ldm/layout2img_shapes.yml", "ldm/inpaint_shapes.yml",
+                "ldm/sr_shapes.yml", "ldm/sr_shapes_pixel.yml", "deca.yml", "deca_release.yml"]
+
+
+def case_sizes(tmp, configs=None):
     """Every default config with random weights (sizes and parity do not depend on their values)
     exported to Paddle and ONNX: one JSON line per component (bytes on disk, worst PSNR)."""
     from ppengine import load_config
     from ppengine.trainer import build_model
 
-    configs = ["ldm/class2img_digits.yml", "ldm/uncond_digits.yml", "ldm/txt2img_shapes.yml",
-               "ldm/txt2img_shapes_minilm.yml", "ldm/layout2img_shapes.yml", "ldm/inpaint_shapes.yml",
-               "ldm/sr_shapes.yml", "ldm/sr_shapes_pixel.yml", "deca.yml", "deca_release.yml"]
-    for name in configs:
+    for name in configs or SIZE_CONFIGS:
         over = ["model.autoencoder.weights=null"] if name.startswith("ldm/") and "pixel" not in name else []
         cfg = load_config(os.path.join(ROOT, "configs", name), over)
         model = _randomize(build_model(cfg), 5)
@@ -298,6 +300,7 @@ def main():
     p.add_argument("--cases", default="sd,digits,face")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--configs", default=None, help="sizes case: comma-separated configs (default: all)")
     p.add_argument("--digits-run", default=os.path.join(ROOT, "output", "ldm", "class2img_digits"),
                    help="a trained class2img_digits run for the digits case (default output/ldm/class2img_digits; "
                         "random weights when absent)")
@@ -311,7 +314,7 @@ def main():
             elif case == "face":
                 case_face(a.repeats, tmp)
             elif case == "sizes":
-                case_sizes(tmp)
+                case_sizes(tmp, a.configs.split(",") if a.configs else None)
             else:
                 raise SystemExit(f"unknown case {case!r}: sd, digits, face, sizes")
 
