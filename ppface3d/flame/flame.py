@@ -197,7 +197,7 @@ class FLAME(paddle.nn.Layer):
     def _batch_input(self, name, x, tail, B=None):
         if x is None:
             return None
-        if not isinstance(x, paddle.Tensor):
+        if not isinstance(x, (paddle.Tensor, paddle.pir.Value)):  # Value: traced for export
             try:
                 x = paddle.to_tensor(np.asarray(x, dtype=self._dtype))
             except (TypeError, ValueError) as e:

@@ -15,7 +15,7 @@ from ppengine.errors import InputError
 
 
 def _as_tensor(x, dtype="float32"):
-    if isinstance(x, paddle.Tensor):
+    if isinstance(x, (paddle.Tensor, paddle.pir.Value)):  # Value: traced for export
         return x.astype(dtype) if x.dtype != getattr(paddle, dtype) else x
     return paddle.to_tensor(np.asarray(x, dtype=dtype))
 
