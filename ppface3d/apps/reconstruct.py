@@ -21,6 +21,7 @@ from ppengine.errors import InputError
 from ..data.preprocess import FaceCrop, landmark_face_mask, paste_back
 from ..render import ndc_to_pixels, pixels_to_ndc
 from ..render.draw import draw_landmarks
+from .fit import DEFAULT_ITERS
 
 CODE_KEYS = ("shape", "tex", "exp", "pose", "cam", "light")
 EXTRA_CODE_KEYS = ("detail",)  # written to codes.npz when the model gives them (DECA's 128-d detail code)
@@ -43,7 +44,7 @@ class FaceReconstructor:
     """
 
     def __init__(self, config: Optional[str] = None, weights: Optional[str] = None, overrides=(),
-                 render_size: int = 224, fit_size: int = 128, fit_iters=(150, 100), uv_size: int = 256,
+                 render_size: int = 224, fit_size: int = 128, fit_iters=DEFAULT_ITERS, uv_size: int = 256,
                  progress: bool = True):
         from ..face_model import FaceModel
         from .fit import FaceFitter
