@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="DECA run folder or weights file: adds the DECA model choice")
     p.add_argument("--runs", default="output/ldm", help="folder of trained ppldm runs for the Generate tab")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (MB)")
-    p.add_argument("--fit-iters", type=int, nargs=2, default=[150, 100], metavar=("LANDMARK", "PHOTO"))
+    p.add_argument("--fit-iters", type=int, nargs=2, default=[100, 0], metavar=("LANDMARK", "PHOTO"))
     p.add_argument("--fit-size", type=int, default=128)
     p.add_argument("--max-faces", type=int, default=4, help="at most this many faces per photo")
     p.add_argument("--workdir", default=None, help="folder for uploads and results (default: a new temp folder)")

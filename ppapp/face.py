@@ -25,7 +25,7 @@ class FaceSettings:
     weights: Optional[str] = None
     overrides: Tuple[str, ...] = ()
     fit_size: int = 128
-    fit_iters: Tuple[int, int] = (150, 100)
+    fit_iters: Tuple[int, int] = (100, 0)  # ppface3d.apps.fit.DEFAULT_ITERS
     max_faces: Optional[int] = 4
 
 

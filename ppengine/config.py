@@ -40,7 +40,7 @@ def yaml_load(text):
 
 # Top-level sections the engine knows.
 SECTIONS = {
-    "_base_", "description", "model", "data", "optimizer", "lr_scheduler", "train", "metrics", "callbacks",
+    "_base_", "description", "model", "data", "optimizer", "lr_scheduler", "train", "metrics", "callbacks", "track",
 }
 # Keys of older configs and where their content lives now: a config that still has one is an
 # error naming the new place.

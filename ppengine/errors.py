@@ -19,3 +19,7 @@ class TrainingDiverged(PPError, FloatingPointError):
 
 class InputError(PPError, ValueError):
     """A user-given file (image, mesh, weights) could not be used."""
+
+
+class ExportError(PPError):
+    """A model (component) could not be exported or its exported file failed its check."""

@@ -200,6 +200,51 @@ class FaceModel(nn.Layer):
             self._cache["mirror"] = mirror_maps(self.flame)
         return self._cache["mirror"]
 
+    # ------------------------------------------------------------------ UV space (details)
+    def uv_map(self, size: int):
+        """The :class:`~ppface3d.models.displacement.UVMap` (texel -> triangle table) of this
+        model's UV layout at ``size`` x ``size`` (computed once per size)."""
+        key = ("uvmap", int(size))
+        if key not in self._cache:
+            from .models.displacement import UVMap
+
+            if self.uv_coords is None:
+                raise InputError("FaceModel: this FLAME model has no UV layout (put head_template.obj beside it)")
+            self._cache[key] = UVMap(self.uv_coords, self.uv_faces, self.faces, int(size))
+        return self._cache[key]
+
+    def uv_face_mask(self, size: int) -> np.ndarray:
+        """(size, size) float32 face region in UV (:func:`~ppface3d.flame.uv_regions.uv_face_mask`):
+        where detail displacements apply (DECA's ``uv_face_eye_mask``)."""
+        key = ("uv_face_mask", int(size))
+        if key not in self._cache:
+            from .flame.uv_regions import uv_face_mask
+
+            self._cache[key] = uv_face_mask(self.flame, int(size)) * self.uv_map(size).covered
+        return self._cache[key]
+
+    def detail_normal_map(self, displacement: paddle.Tensor, vertices: paddle.Tensor, mask=None,
+                          fixed_displacement=None, weighted: bool = False) -> paddle.Tensor:
+        """UV displacement (N, 1, S, S) on the mesh ``vertices`` (N, V, 3) -> (N, 3, S, S) detail
+        normals for ``render(normal_map=...)`` (DECA's ``displacement2normal``; the coarse surface
+        is detached, as in DECA). ``mask`` (S, S): where the displacement applies (default
+        :meth:`uv_face_mask`); ``fixed_displacement`` (S, S): DECA's fixed map, or None.
+        ``weighted``: (N, 4, S, S) with the mask as 4th channel, so that the render keeps the
+        vertex normals outside it (eyeballs and mouth, whose UV islands overlap)."""
+        from .models.displacement import displacement2normal
+        from .render.mesh import vertex_normals
+
+        S = displacement.shape[-1]
+        uvmap = self.uv_map(S)
+        normals = vertex_normals(vertices, paddle.to_tensor(np.asarray(self.faces, np.int64)))
+        mask = self.uv_face_mask(S) if mask is None else mask
+        n = displacement2normal(displacement, uvmap.world2uv(vertices).detach(), uvmap.world2uv(normals).detach(),
+                                mask, fixed_displacement)
+        if not weighted:
+            return n
+        m = paddle.to_tensor(np.asarray(mask, np.float32)).reshape([1, 1, S, S]).expand([n.shape[0], 1, S, S])
+        return paddle.concat([n, m], 1)
+
     # ------------------------------------------------------------------ appearance
     def albedo_map(self, tex: paddle.Tensor) -> paddle.Tensor:
         """Albedo code (N, n_tex) -> UV albedo (N, 3, T, T) in [0, 1]."""

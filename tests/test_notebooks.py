@@ -2,7 +2,8 @@
 temporary working directory, and check the files each one writes and its summary numbers.
 
 The notebooks write into ``PPDH_NOTEBOOK_OUT`` (set here to a temp folder). A failing cell
-raises ``CellExecutionError`` and fails the test. Budget: about 150 s for all four on 2 CPU cores.
+raises ``CellExecutionError`` and fails the test. Budget: about 150 s for 01-04 on 2 CPU cores, plus
+about 60 s for 05 (an export to ONNX and Core ML).
 """
 import json
 import os
@@ -146,3 +147,25 @@ def test_04_latent_diffusion(tmp_path, monkeypatch):
     assert s["ldm_loss_last"] < s["ldm_loss_first"], s
     assert s["ae_loss_last"] < s["ae_loss_first"], s
     assert s["generate_vs_sample_max_diff"] < 1e-4, s
+
+
+def test_05_export_coreml(tmp_path, monkeypatch):
+    monkeypatch.delenv("PPDH_DIGITS_RUN", raising=False)
+    out = _run("05_export_coreml.ipynb", tmp_path, monkeypatch)
+    for f in ("backends.png", "samples_coreml.png"):
+        _image(out, f)
+    for f in ("coreml/Unet.mlpackage", "coreml/VAEDecoder.mlpackage", "coreml/VAEEncoder.mlpackage",
+              "coreml/class_embedder.mlpackage"):
+        _nontrivial(out, f"export/{f}/Manifest.json", 100)
+    _nontrivial(out, "export/onnx/unet.onnx", 100_000)
+    s = _summary(out)
+    assert s["components"] == ["class_embedder", "unet", "vae_decoder", "vae_encoder"] and s["failed"] == [], s
+    # every fp16 package within the fp16 floor of the dygraph model on the notebook's own inputs
+    assert all(p["coreml_db"] >= 35 and p["onnx_db"] >= 60 for p in s["parity"].values()), s["parity"]
+    c = s["compressed"]
+    assert c["int8"]["psnr_db"] >= 35 and c["int8"]["size"] < 0.75 * s["coreml_sizes"]["unet"], c
+    assert c["palettize4"]["psnr_db"] >= 20 and c["palettize4"]["size"] < c["int8"]["size"], c
+    assert c["int8"]["weights"] >= 20 and c["palettize4"]["weights"] >= 20, c
+    # the digits sampled through the Core ML programs are the dygraph model's, to fp16 precision
+    assert s["sampling_max_pixel_diff"]["onnxruntime"] < 0.5, s["sampling_max_pixel_diff"]
+    assert s["sampling_max_pixel_diff"]["Core ML (fp16, NumPy)"] < 10, s["sampling_max_pixel_diff"]

@@ -5,6 +5,8 @@
     python tools/infer.py face3d --image photos/ -c configs/deca.yml --weights output/deca/best.safetensors
     python tools/infer.py face3d --image clip.mp4 --every 5 --max-frames 40
     python tools/infer.py face3d --image target.jpg --transfer-from source.jpg --animation mp4
+    python tools/infer.py face3d --video clip.mp4 [-c configs/track.yml] [--track-id 1] [--filter one_euro]
+    python tools/infer.py face3d --images a.jpg b.jpg c.jpg --fuse          # one head from several photos
     python tools/infer.py face3d --image photo.jpg --model mica --weights output/mica [--base output/deca]
 
 Per face, in ``OUTPUT/<image>[_face<i>]/``: codes.npz, mesh.obj (+ mesh.png texture,
@@ -27,7 +29,14 @@ from ppengine.errors import PPError
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tools/infer.py face3d", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image", "-i", required=True, help="an image, a folder of images, or a video")
+    p.add_argument("--image", "-i", default=None, help="an image, a folder of images, or a video (frame by frame)")
+    p.add_argument("--video", default=None, help="track one face through a video or a folder of frames "
+                                                 "(ppface3d/apps/track.py; -c/-o then address configs/track.yml)")
+    p.add_argument("--track-id", type=int, default=None, help="--video: track the k-th largest face (0: largest)")
+    p.add_argument("--filter", choices=["none", "one_euro"], default=None, help="--video: causal one-euro filter")
+    p.add_argument("--images", nargs="+", default=None, help="photos of one person (with --fuse)")
+    p.add_argument("--fuse", action="store_true", help="fuse --images (or the photos of --image FOLDER) into one "
+                                                        "head: shared shape and albedo, merged photo texture")
     p.add_argument("--output", "-O", default="output/face3d_infer", help="output folder")
     p.add_argument("-c", "--config", default=None, help="DECA config (for a bare weights file, or for FLAME/albedo "
                                                         "paths when fitting)")
@@ -44,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "put on each target face")
     p.add_argument("--animation", choices=["gif", "mp4"], default="gif", help="transfer animation format")
     p.add_argument("--frames", type=int, default=16, help="frames of the transfer animation")
-    p.add_argument("--fit-iters", type=int, nargs=2, default=[150, 100], metavar=("LANDMARK", "PHOTO"),
+    p.add_argument("--fit-iters", type=int, nargs=2, default=[100, 0], metavar=("LANDMARK", "PHOTO"),  # fit.DEFAULT_ITERS
                    help="Adam steps of the two fitting stages")
     p.add_argument("--fit-size", type=int, default=128, help="fitting resolution")
     p.add_argument("--every", type=int, default=5, help="video: use every N-th frame")
@@ -89,8 +98,49 @@ def _sources(path: str, every: int, max_frames: int):
     yield os.path.splitext(os.path.basename(path))[0], path
 
 
+def run_track(args) -> int:
+    from .track import track_video
+
+    ov = list(args.override)
+    if args.track_id is not None:
+        ov.append(f"track.track_id={args.track_id}")
+    if args.filter is not None:
+        ov.append(f"track.filter={args.filter}")
+    if getattr(args, "model", "deca") == "mica":  # MICA's shape for the clip (--weights: a MICA run)
+        ov += ["track.identity=mica"] + ([f"track.mica_weights={args.weights}"] if args.weights else [])
+    stem = os.path.splitext(os.path.basename(os.path.normpath(args.video)))[0]
+    out = os.path.join(args.output, f"{stem}_track")
+    files = track_video(args.video, out, config=args.config, overrides=ov, show_progress=not args.no_progress)
+    for k, v in files.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def run_fuse(args) -> int:
+    from ..data.io import list_images
+    from .fuse import fuse_photos
+
+    sources = list(args.images or [])
+    if args.image:
+        sources += list_images(args.image) if os.path.isdir(args.image) else [args.image]
+    if len(sources) < 1:
+        raise PPError("--fuse needs photos: --images a.jpg b.jpg ... or --image FOLDER")
+    files = fuse_photos(sources, os.path.join(args.output, "fused"), progress=not args.no_progress)
+    print(f"{len(sources)} photo(s) fused -> {os.path.dirname(files[0])}")
+    return 0
+
+
 def run(args) -> int:
     from tqdm import tqdm
+
+    if args.video:
+        return run_track(args)
+    if args.fuse or args.images:
+        if not args.fuse:
+            raise PPError("--images goes with --fuse (one head from several photos); one photo: --image")
+        return run_fuse(args)
+    if not args.image:
+        raise PPError("give --image (a photo, folder or video), --video (tracking) or --images ... --fuse")
 
     from ..data.preprocess import FacePreprocessor
     from .export import save_animation, save_obj, save_png

@@ -15,7 +15,7 @@ from typing import List
 import numpy as np
 
 
-def demo(output: str = "output/demo_face3d", fit_iters=(150, 100), fit_size: int = 128,
+def demo(output: str = "output/demo_face3d", fit_iters=(100, 0), fit_size: int = 128,
          progress: bool = True) -> List[str]:
     """Run the optimisation-based fit on the astronaut photo; return the written files."""
     import skimage.data

@@ -86,6 +86,17 @@ def uv_normal_map(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, uv_fa
     return np.where(covered, (img + 1) / 2, 0.5).astype(np.float32)
 
 
+def blend_normal_map(coarse: np.ndarray, detail: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """A (T, T, 3) normal map in [0, 1]: ``detail`` (D, D, 3, also in [0, 1]) resized to T where
+    ``weight`` (D, D) is 1, ``coarse`` elsewhere (a detail branch's map in an OBJ's normal map)."""
+    T = coarse.shape[0]
+    both = np.concatenate([detail, np.asarray(weight, np.float32)[..., None]], -1).transpose(2, 0, 1)[None]
+    both = paddle.nn.functional.interpolate(paddle.to_tensor(np.ascontiguousarray(both, np.float32)), size=[T, T],
+                                            mode="bilinear").numpy()[0].transpose(1, 2, 0)
+    w = np.clip(both[..., 3:], 0.0, 1.0)
+    return (both[..., :3] * w + coarse * (1.0 - w)).astype(np.float32)
+
+
 def split_uv_vertices(vertices, faces, uv, uv_faces):
     """Per-corner (vertex, uv) pairs made unique, for formats with one UV per vertex (GLB).
 

@@ -21,6 +21,7 @@ from ppengine.errors import InputError
 from ..data.preprocess import FaceCrop, landmark_face_mask, paste_back
 from ..render import ndc_to_pixels, pixels_to_ndc
 from ..render.draw import draw_landmarks
+from .fit import DEFAULT_ITERS
 
 CODE_KEYS = ("shape", "tex", "exp", "pose", "cam", "light")
 EXTRA_CODE_KEYS = ("detail",)  # written to codes.npz when the model gives them (DECA's 128-d detail code)
@@ -43,7 +44,7 @@ class FaceReconstructor:
     """
 
     def __init__(self, config: Optional[str] = None, weights: Optional[str] = None, overrides=(),
-                 render_size: int = 224, fit_size: int = 128, fit_iters=(150, 100), uv_size: int = 256,
+                 render_size: int = 224, fit_size: int = 128, fit_iters=DEFAULT_ITERS, uv_size: int = 256,
                  progress: bool = True):
         from ..face_model import FaceModel
         from .fit import FaceFitter
@@ -112,11 +113,30 @@ class FaceReconstructor:
         alb = self.face.albedo_map(t["tex"])
         r = self.face.render(dec, light=light, albedo=alb)
         s = self.face.render(dec, mode="shape")
-        return {
+        out = {
             "vertices": dec["vertices"].numpy()[0], "landmarks2d": dec["landmarks2d"].numpy()[0],
             "textured": r["images"].numpy()[0].transpose(1, 2, 0), "alpha": r["alpha_images"].numpy()[0, 0],
             "shape": s["images"].numpy()[0].transpose(1, 2, 0), "albedo": alb.numpy()[0].transpose(1, 2, 0),
         }
+        if self.has_detail(codes):
+            out.update(self._detail(t, codes, dec))
+        return out
+
+    def has_detail(self, codes: Dict[str, np.ndarray]) -> bool:
+        """Whether the model has a detail branch (DECA's released model, DECADetail) and the codes a detail code."""
+        return self.model is not None and hasattr(self.model, "dense_mesh") and "detail" in codes
+
+    def _detail(self, t: Dict[str, paddle.Tensor], codes: Dict[str, np.ndarray], dec) -> Dict[str, object]:
+        """The model's detail outputs for one face: 'shape_detail' (S, S, 3) grey render with the
+        detail normals, 'detail_normals' (T, T, 3) UV normal map in [0, 1] and 'weight' (T, T), the
+        dense displaced mesh 'dense' (vertices, faces)."""
+        d = self.model.decode(dict(t, detail=paddle.to_tensor(np.asarray(codes["detail"], np.float32))), render=False)
+        nmap = d["uv_detail_normals"]
+        shade = self.face.render(dec, mode="shape", normal_map=nmap)["images"].numpy()[0].transpose(1, 2, 0)
+        n = nmap.numpy()[0].transpose(1, 2, 0)
+        weight = n[..., 3] if n.shape[-1] == 4 else np.asarray(self.model.face_eye_mask, np.float32)
+        return {"shape_detail": shade, "detail_normals": (n[..., :3] + 1) / 2, "detail_weight": weight,
+                "dense": self.model.dense_mesh(d, 0)[:2]}
 
     def face_region(self, landmarks2d: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         """(S, S) soft mask of the reconstructed face (landmark polygon within the render)."""
@@ -145,7 +165,7 @@ class FaceReconstructor:
     def save(self, face: FaceCrop, codes: Dict[str, np.ndarray], folder: str, original: np.ndarray,
              prefix: str = "") -> List[str]:
         """Write codes.npz, mesh.obj (+ texture, normal map, .mtl), mesh.glb and renders."""
-        from .export import save_codes, save_glb, save_obj, save_png, uv_normal_map
+        from .export import blend_normal_map, save_codes, save_glb, save_obj, save_png, uv_normal_map
 
         os.makedirs(folder, exist_ok=True)
         dec = self.decode(codes)
@@ -158,11 +178,16 @@ class FaceReconstructor:
                             size=[self.uv_size, self.uv_size], mode="bilinear").numpy()[0].transpose(1, 2, 0)
         f = self.face
         nmap = uv_normal_map(dec["vertices"], f.faces, f.uv_coords, f.uv_faces, self.uv_size)
+        if "detail_normals" in dec:  # the detail normal map inside the face region, the coarse one around it
+            nmap = blend_normal_map(nmap, dec["detail_normals"], dec["detail_weight"])
         files.append(save_obj(p("mesh.obj"), dec["vertices"], f.faces, f.uv_coords, f.uv_faces, texture=tex,
                               normal_map=nmap))
         files += [p("mesh.png"), p("mesh.mtl"), p("mesh_normals.png")]
         files.append(save_glb(p("mesh.glb"), dec["vertices"], f.faces, f.uv_coords, f.uv_faces, tex))
         files.append(save_png(p("shape.png"), dec["shape"]))
+        if "dense" in dec:  # a detail branch: its shading, and the dense displaced mesh (DECA's _detail.obj)
+            files.append(save_png(p("shape_detail.png"), dec["shape_detail"]))
+            files.append(save_obj(p("mesh_detail.obj"), *dec["dense"]))
         files.append(save_png(p("textured.png"), dec["textured"]))
         files.append(save_png(p("overlay.png"), self.overlay(face, dec, original)))
         files.append(save_png(p("landmarks.png"), self.landmarks_on_photo(face, dec, original)))

@@ -170,6 +170,8 @@ class FaceCrop:
         tform: (3, 3) float64, original pixels -> crop pixels.
         bbox: (4,) float32 detector box x0, y0, x1, y1 in original pixels.
         score: detector confidence.
+        dense: (468, 2) float32 mediapipe face-mesh points in crop pixels (None when the
+            landmarks came from elsewhere, e.g. a landmark file).
     """
 
     image: np.ndarray
@@ -178,6 +180,7 @@ class FaceCrop:
     tform: np.ndarray
     bbox: np.ndarray
     score: float = 1.0
+    dense: Optional[np.ndarray] = None
 
     def to_original(self, pts: np.ndarray) -> np.ndarray:
         """(..., 2) crop pixels -> original photo pixels."""
@@ -297,6 +300,10 @@ class FacePreprocessor:
 
     def landmarks68(self, image: np.ndarray, messages: List[str] = None):
         """All faces' 68 landmarks in ``image``: list of ((68, 2) pixels, box, score)."""
+        return [f[:3] for f in self.face_points(image, messages)]
+
+    def face_points(self, image: np.ndarray, messages: List[str] = None):
+        """All faces in ``image``: list of ((68, 2) landmarks, box, score, (468, 2) mesh points), pixels."""
         messages = [] if messages is None else messages
         boxes = self.detect_boxes(image)
         if not boxes:
@@ -321,12 +328,14 @@ class FacePreprocessor:
                 messages.append(f"face {i} was detected but its landmarks could not be fitted "
                                 f"(occluded or strongly turned); skipped")
                 continue
-            out.append((mediapipe_to_68(pts), box, score))
+            out.append((mediapipe_to_68(pts), box, score, pts))
         return out
 
     # -- full pipeline -----------------------------------------------------------------------
-    def crop(self, image: np.ndarray, landmarks: np.ndarray, bbox=None, score: float = 1.0) -> FaceCrop:
-        """Crop one face given its 68 landmarks (68, 2) in original pixels."""
+    def crop(self, image: np.ndarray, landmarks: np.ndarray, bbox=None, score: float = 1.0,
+             dense: Optional[np.ndarray] = None) -> FaceCrop:
+        """Crop one face given its 68 landmarks (68, 2) in original pixels (and optionally its
+        468 mesh points, original pixels)."""
         lm = np.asarray(landmarks, np.float64)[:, :2]
         T = deca_crop_transform(lm, self.crop_size, self.scale)
         if bbox is None:
@@ -334,7 +343,8 @@ class FacePreprocessor:
         return FaceCrop(image=warp_crop(image, T, self.crop_size),
                         landmarks=apply_transform(T, lm).astype(np.float32),
                         landmarks_original=lm.astype(np.float32), tform=T,
-                        bbox=np.asarray(bbox, np.float32), score=float(score))
+                        bbox=np.asarray(bbox, np.float32), score=float(score),
+                        dense=None if dense is None else apply_transform(T, dense).astype(np.float32))
 
     def __call__(self, source: Union[str, np.ndarray], name: str = None) -> PreprocessResult:
         """Process one photo (path or (H, W, C) array). Bad input -> messages, never raises."""
@@ -351,9 +361,9 @@ class FacePreprocessor:
             result.messages.extend(notes)
             result.original = image
             with native_stderr_filtered():  # mediapipe's TF Lite / absl lines (model load, first runs)
-                found = self.landmarks68(image, result.messages)
-            for lm, box, score in found:
-                result.faces.append(self.crop(image, lm, box, score))
+                found = self.face_points(image, result.messages)
+            for lm, box, score, dense in found:
+                result.faces.append(self.crop(image, lm, box, score, dense))
         except InputError as e:
             result.messages.append(str(e).replace(f"{label}: ", ""))
         except Exception as e:  # an unexpected failure on one image must not stop a batch

@@ -142,6 +142,15 @@ class SyntheticFaces(paddle.io.Dataset):
             NDC), and the fraction of the cell the face covers: the target of DECA's auxiliary
             ``loss.geometry`` term. Needs S divisible by 8.
         render_batch: subjects rendered together when the read order is known (:meth:`prepare`).
+        wrinkles: detail ground truth (``{}`` for the defaults, None = off): procedural,
+            expression-driven wrinkle displacement maps (:class:`~ppface3d.data.wrinkles.Wrinkles`;
+            the dict's keys are its arguments: size, depth, width, bumps, n_bumps) rendered into
+            the images through the detail normals, returned as ``displacement`` (K, T, T). The
+            subject's detail parameters are drawn from their own random stream, so every other
+            ground truth is unchanged.
+        detail_gt: with ``wrinkles``, also return ``normal_gt`` (K, 3, S, S) the rendered
+            (detailed) world normals and ``detail_region`` (K, S, S) the face region they cover
+            (the UV face mask seen in the image): the detail metric's ground truth.
     """
 
     def __init__(self, split: str = "train", num_subjects: Optional[int] = None, K: int = 1,
@@ -153,7 +162,8 @@ class SyntheticFaces(paddle.io.Dataset):
                  flame_model_path: Optional[str] = None, flame_landmark_path: Optional[str] = None,
                  albedo_path: Optional[str] = None, uv_size: int = 64, albedo_seed: int = 0,
                  seed: int = 0, cache: bool = True, return_vertices: bool = True, render_backend: str = "auto",
-                 augment: bool = False, flip: bool = False, geometry: bool = False, render_batch: int = 32):
+                 augment: bool = False, flip: bool = False, geometry: bool = False, render_batch: int = 32,
+                 wrinkles: Optional[dict] = None, detail_gt: bool = False):
         super().__init__()
         if split not in _SPLITS:
             raise ConfigError(f"SyntheticFaces split={split!r}: use one of {list(_SPLITS)}")
@@ -181,6 +191,13 @@ class SyntheticFaces(paddle.io.Dataset):
         self._bg_pool = None
         self.render_batch = int(render_batch)
         self._pending, self._pending_pos = [], 0
+        if wrinkles is not None and not isinstance(wrinkles, dict):
+            raise ConfigError(f"SyntheticFaces wrinkles={wrinkles!r}: give a mapping of Wrinkles arguments "
+                              "({} for the defaults) or null")
+        if detail_gt and wrinkles is None:
+            raise ConfigError("SyntheticFaces detail_gt=true needs wrinkles (e.g. wrinkles: {})")
+        self.wrinkle_args, self.detail_gt = wrinkles, bool(detail_gt)
+        self._detail = None
 
     def __len__(self) -> int:
         return self.num_subjects
@@ -207,9 +224,10 @@ class SyntheticFaces(paddle.io.Dataset):
     def _rng(self, i: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, _SPLITS[self.split], int(i), zlib.crc32(b"SyntheticFaces")])
 
-    def sample_codes(self, i: int) -> Dict[str, np.ndarray]:
-        """The random ground-truth codes of subject ``i`` (numpy), without rendering."""
-        rng = self._rng(i)
+    def sample_codes(self, i: int, rng: Optional[np.random.Generator] = None) -> Dict[str, np.ndarray]:
+        """The random ground-truth codes of subject ``i`` (numpy), without rendering (``rng``:
+        draw from another stream than the subject's)."""
+        rng = self._rng(i) if rng is None else rng
         K = self.K
         decay = lambda n: 1.0 / np.sqrt(1.0 + np.arange(n) / 10.0)  # noqa: E731  later components vary less
         shape = rng.normal(size=self.n_shape) * self.std["shape"]  # FLAME bases already decay
@@ -271,7 +289,9 @@ class SyntheticFaces(paddle.io.Dataset):
         bgs = np.stack([make_background(np.random.default_rng(int(s)), self.S, photos)
                         for c in cs for s in c["jitter"]["bg_seed"]])
         lights = np.concatenate([c["light"] for c in cs])
-        r = face.render(dec, light=t(lights), albedo=alb, background=t(bgs))
+        disp = self.detail.displacements(indices, cs) if self.detail is not None else None
+        nmap = self.detail.normal_maps(disp, dec["vertices"]) if disp is not None else None
+        r = face.render(dec, light=t(lights), albedo=alb, background=t(bgs), normal_map=nmap)
         img = r["images"].numpy().reshape([n, K, 3, self.S, self.S])
         mask = (r["alpha_images"].numpy()[:, 0] > 0.5).astype(np.uint8).reshape([n, K, self.S, self.S])
         lmk2d = dec["landmarks2d"].numpy().reshape([n, K, 68, 2])
@@ -281,6 +301,9 @@ class SyntheticFaces(paddle.io.Dataset):
         v_n = neutral["vertices"].numpy()
         cam = cam.reshape([n, K, 3])
         geo = self._geometry_maps(r).reshape([n, K, 5, self.S // 8, self.S // 8]) if self.geometry else None
+        if self.detail_gt:
+            normal_gt = r["normal_images"].numpy().astype(np.float16).reshape([n, K, 3, self.S, self.S])
+            region = self.detail.region(r, nmap).reshape([n, K, self.S, self.S])
         out = []
         for j, (i, c) in enumerate(zip(indices, cs)):
             noise = self._rng(i + 10 ** 7).normal(size=img[j].shape).astype(np.float32)
@@ -298,7 +321,21 @@ class SyntheticFaces(paddle.io.Dataset):
             })
             if geo is not None:
                 out[-1]["geometry"] = geo[j]
+            if disp is not None:
+                out[-1]["displacement"] = disp[j * K:(j + 1) * K].astype(np.float16)
+            if self.detail_gt:
+                out[-1]["normal_gt"] = normal_gt[j]
+                out[-1]["detail_region"] = region[j]
         return out
+
+    @property
+    def detail(self):
+        """The set's :class:`~ppface3d.data.wrinkles.SyntheticDetail` (wrinkle ground truth), or None."""
+        if self._detail is None and self.wrinkle_args is not None:
+            from .wrinkles import SyntheticDetail
+
+            self._detail = SyntheticDetail(self, **self.wrinkle_args)
+        return self._detail
 
     @staticmethod
     def _geometry_maps(r) -> np.ndarray:
@@ -390,6 +427,13 @@ class SyntheticFaces(paddle.io.Dataset):
             g = out["geometry"][..., ::-1].copy()
             g[:, 0] *= -1.0  # normal x
             o["geometry"] = g
+        if "displacement" in out:  # the UV layout is mirror-symmetric in u
+            o["displacement"] = np.ascontiguousarray(out["displacement"][..., ::-1])
+        if "normal_gt" in out:
+            g = out["normal_gt"][..., ::-1].copy()
+            g[:, 0] *= -1.0
+            o["normal_gt"] = g
+            o["detail_region"] = np.ascontiguousarray(out["detail_region"][..., ::-1])
         return o
 
     def __getitem__(self, i: int) -> Dict[str, np.ndarray]:
@@ -412,6 +456,11 @@ class SyntheticFaces(paddle.io.Dataset):
         out["gt_lmk3d_neutral"] = np.repeat(s["gt_lmk3d_neutral"][None], self.K, 0)
         if "geometry" in s:
             out["geometry"] = s["geometry"].astype(np.float32)
+        if "displacement" in s:
+            out["displacement"] = s["displacement"].astype(np.float32)
+        if "normal_gt" in s:
+            out["normal_gt"] = s["normal_gt"].astype(np.float32)
+            out["detail_region"] = s["detail_region"].astype(np.float32)
         if s["vertices"] is None:
             del out["vertices"]
         else:

@@ -35,13 +35,15 @@ class FLAMEOutput:
     vertices (B, V, 3); landmarks (B, 68, 3) in iBUG order: 17 contour points chosen by head
     yaw, then 51 static inner-face points (None without a landmark embedding);
     landmarks_full68 (B, 68, 3) static 68-point embedding (None when the file has none);
-    joints (B, 5, 3) posed joints; all include ``translation``.
+    joints (B, 5, 3) posed joints; landmarks_dense (B, L, 3) the points set with
+    :meth:`FLAME.set_dense_landmarks` (None until then); all include ``translation``.
     """
 
     vertices: paddle.Tensor
     landmarks: Optional[paddle.Tensor]
     landmarks_full68: Optional[paddle.Tensor]
     joints: paddle.Tensor
+    landmarks_dense: Optional[paddle.Tensor] = None
 
     def __getitem__(self, key):
         return getattr(self, key)
@@ -136,7 +138,7 @@ class FLAME(paddle.nn.Layer):
                 if os.path.isfile(os.path.join(d, n)):
                     landmark_path = os.path.join(d, n)
                     break
-        self.has_landmarks = self.has_full68 = self.has_contour = False
+        self.has_landmarks = self.has_full68 = self.has_contour = self.has_dense = False
         if landmark_path is not None:
             emb = load_landmark_embedding(landmark_path, dynamic_landmark_path)
             check_embedding(emb, len(self._faces), landmark_path)
@@ -171,6 +173,21 @@ class FLAME(paddle.nn.Layer):
             put("lmk_full", emb.full_faces, emb.full_bary)
             self.has_full68 = True
 
+    def set_dense_landmarks(self, faces_idx, bary):
+        """Extra surface points evaluated by every forward (also with ``landmarks_only``) and
+        returned as ``landmarks_dense``: e.g. mediapipe's 468 face-mesh points
+        (:func:`ppface3d.flame.mediapipe_embedding.mediapipe_embedding`). faces_idx (L,) triangle
+        indices, bary (L, 3) barycentric weights."""
+        faces_idx = np.asarray(faces_idx, np.int64).reshape(-1)
+        bary = np.asarray(bary, np.float64).reshape(-1, 3)
+        if len(faces_idx) != len(bary) or faces_idx.min(initial=0) < 0 or faces_idx.max(initial=0) >= len(self._faces):
+            raise InputError(f"FLAME.set_dense_landmarks: {len(faces_idx)} face indices (each < {len(self._faces)}) "
+                             f"and {len(bary)} barycentric rows expected to match")
+        self.register_buffer("lmk_dense_idx", paddle.to_tensor(self._faces[faces_idx]), persistable=False)
+        self.register_buffer("lmk_dense_bary", paddle.to_tensor(bary, dtype=self._dtype), persistable=False)
+        self.has_dense = True
+        self._lmk_sub_key = None  # the landmark subset grows by these vertices
+
     @property
     def faces(self) -> np.ndarray:
         """Triangles as an int64 NumPy array (F, 3)."""
@@ -180,7 +197,7 @@ class FLAME(paddle.nn.Layer):
     def _batch_input(self, name, x, tail, B=None):
         if x is None:
             return None
-        if not isinstance(x, paddle.Tensor):
+        if not isinstance(x, (paddle.Tensor, paddle.pir.Value)):  # Value: traced for export
             try:
                 x = paddle.to_tensor(np.asarray(x, dtype=self._dtype))
             except (TypeError, ValueError) as e:
@@ -217,7 +234,7 @@ class FLAME(paddle.nn.Layer):
         """
         key = (str(self.v_template.dtype), str(self.v_template.place))
         if getattr(self, "_lmk_sub_key", None) != key:
-            names = [n for n in ("lmk_static", "lmk_dynamic", "lmk_full") if hasattr(self, n + "_idx")]
+            names = [n for n in ("lmk_static", "lmk_dynamic", "lmk_full", "lmk_dense") if hasattr(self, n + "_idx")]
             keep = np.unique(np.concatenate([getattr(self, n + "_idx").numpy().reshape(-1) for n in names]))
             remap = np.full(self.num_vertices, -1, np.int64)
             remap[keep] = np.arange(len(keep))
@@ -277,7 +294,8 @@ class FLAME(paddle.nn.Layer):
             V=self.num_vertices, v_template=self.v_template, dirs=self.dirs, posedirs=self.posedirs,
             lbs_weights=self.lbs_weights,
             **{n: getattr(self, n) for n in ("lmk_static_idx", "lmk_static_bary", "lmk_dynamic_idx",
-                                             "lmk_dynamic_bary", "lmk_full_idx", "lmk_full_bary") if hasattr(self, n)})
+                                             "lmk_dynamic_bary", "lmk_full_idx", "lmk_full_bary",
+                                             "lmk_dense_idx", "lmk_dense_bary") if hasattr(self, n)})
         V = b["V"]
 
         def expand(x):
@@ -352,14 +370,16 @@ class FLAME(paddle.nn.Layer):
                 landmarks = static
             if self.has_full68:
                 full68 = L.barycentric_points(verts, b["lmk_full_idx"], b["lmk_full_bary"])
+        dense = L.barycentric_points(verts, b["lmk_dense_idx"], b["lmk_dense_bary"]) if self.has_dense else None
         if translation is not None:
             t = expand(translation).unsqueeze(1)
             verts = verts + t
             posed_joints = posed_joints + t
             landmarks = None if landmarks is None else landmarks + t
             full68 = None if full68 is None else full68 + t
+            dense = None if dense is None else dense + t
         return FLAMEOutput(vertices=None if landmarks_only else verts, landmarks=landmarks, landmarks_full68=full68,
-                           joints=posed_joints)
+                           joints=posed_joints, landmarks_dense=dense)
 
     def contour_rows(self, R_global, R_neck, contour: Optional[str] = None):
         """Row of the contour table for each head pose (B,) int64.

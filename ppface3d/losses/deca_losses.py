@@ -111,6 +111,16 @@ def consistency_order(batch_size: int, K: int, rng: np.random.Generator = None) 
     return np.concatenate(order).astype(np.int64)
 
 
+def build_frozen(cfg: dict, key_path: str):
+    """A network of the MODELS registry used inside a loss (identity features, ID-MRF features):
+    built from ``cfg``, in eval mode, its parameters excluded from training."""
+    net = MODELS.build(cfg, key_path=key_path)
+    net.eval()
+    for p in net.parameters():
+        p.stop_gradient = True
+    return net
+
+
 @LOSSES.register()
 class DECALoss:
     """DECA coarse losses with DECA's default weights.
@@ -165,11 +175,7 @@ class DECALoss:
         self.shape_consistency = bool(shape_consistency)
         self.identity_net = None
         if identity_net and id > 0:
-            net = MODELS.build(identity_net, key_path="model.loss.identity_net")
-            net.eval()
-            for p in net.parameters():
-                p.stop_gradient = True
-            self.identity_net = net
+            self.identity_net = build_frozen(identity_net, "model.loss.identity_net")
 
     # ------------------------------------------------------------------ what the model must provide
     def setup(self, face) -> None:

@@ -88,3 +88,58 @@ def check_face_config(cfg, model_defaults: dict, loss_defaults: dict) -> None:
         raise _mismatch(cfg, "model.loss.shape_consistency", True, "data.train.K", t.get("K", 1),
                         "shape consistency swaps shape codes among a subject's K images and needs K >= 2; set "
                         "data.train.K >= 2 or model.loss.shape_consistency=false")
+
+
+def check_detail_config(cfg) -> None:
+    """Check a ``DECADetail`` config: the coarse model (``model.coarse`` or the config.yml of
+    ``model.coarse_weights``) against the data (image size, the synthetic head), detail
+    consistency against K, the detail metric against its ground truth, and the wrinkles of the
+    synthetic splits against each other. The resolved coarse config is written back into
+    ``cfg['model']['coarse']`` so that the run's saved config.yml describes the whole model."""
+    from .deca_detail import coarse_config
+
+    model = cfg.get("model") or {}
+    coarse, _ = coarse_config(model.get("coarse"), model.get("coarse_weights"))
+    if "coarse" not in model or not model.get("coarse"):
+        cfg["model"]["coarse"] = coarse
+    from ppengine.registry import MODELS
+
+    cdef = defaults_of(MODELS.get(coarse.get("type", "DECA"), "model.coarse.type", cfg))
+    size = coarse.get("image_size", cdef.get("image_size"))
+    loss = dict(model.get("loss") or {})
+    data = cfg.get("data") or {}
+    splits = {k: d for k, d in ((k, data.get(k)) for k in ("train", "val", "test")) if isinstance(d, dict)}
+    for split, d in splits.items():
+        if "image_size" in d or d.get("type") == _SYNTHETIC:
+            if int(d.get("image_size", 224)) != int(size):
+                raise _mismatch(cfg, f"data.{split}.image_size", d.get("image_size", 224), "model.coarse.image_size",
+                                size, "the detail model reads images of the coarse model's size")
+        if d.get("type") == _SYNTHETIC:
+            for k in _SAME_FACE:
+                if d.get(k) != coarse.get(k):
+                    raise _mismatch(cfg, f"data.{split}.{k}", d.get(k), f"model.coarse.{k}", coarse.get(k),
+                                    "the synthetic faces must be made with the coarse model's head and albedo")
+    synth = {k: d for k, d in splits.items() if d.get("type") == _SYNTHETIC}
+    with_wr = {k: d.get("wrinkles") for k, d in synth.items() if d.get("wrinkles") is not None}
+    if len(set(map(repr, with_wr.values()))) > 1:
+        (a, wa), (b, wb) = list(with_wr.items())[:2]
+        raise _mismatch(cfg, f"data.{a}.wrinkles", wa, f"data.{b}.wrinkles", wb,
+                        "training and evaluation faces must carry the same kind of detail")
+    train = splits.get("train")
+    if train is not None and loss.get("detail_consistency", True) and int(train.get("K", 1)) < 2:
+        raise _mismatch(cfg, "model.loss.detail_consistency", True, "data.train.K", train.get("K", 1),
+                        "detail consistency swaps detail codes among a subject's K images and needs K >= 2; set "
+                        "data.train.K >= 2 or model.loss.detail_consistency=false")
+    disp = float(loss.get("disp") or 0)
+    if train is not None and disp > 0 and not (train.get("type") == _SYNTHETIC and train.get("wrinkles") is not None):
+        raise _mismatch(cfg, "model.loss.disp", disp, "data.train.wrinkles", train.get("wrinkles"),
+                        "the supervised displacement term needs SyntheticFaces with wrinkles; set model.loss.disp=0 "
+                        "for photos")
+    names = [m.get("type") for m in (cfg.get("metrics") or []) if isinstance(m, dict)]
+    if "DetailNormalMetric" in names:
+        for split in ("val", "test"):
+            d = splits.get(split)
+            if d is not None and not (d.get("type") == _SYNTHETIC and d.get("wrinkles") is not None
+                                      and d.get("detail_gt")):
+                raise _mismatch(cfg, "metrics", "DetailNormalMetric", f"data.{split}.detail_gt", d.get("detail_gt"),
+                                "the detail metric needs SyntheticFaces with wrinkles and detail_gt: true")

@@ -34,7 +34,6 @@ from ppengine.registry import MODELS
 from ..face_model import FaceModel
 from ..render.mesh import vertex_normals
 from .detail import DetailDecoder, DetailEncoder
-from .displacement import UVMap, displacement2normal
 from .encoder import DECAResNetEncoder
 
 # DECA's code layout of E_flame's 236 outputs (decalib/utils/config.py: param_list)
@@ -209,7 +208,7 @@ class DECARelease(nn.Layer):
         if self.face.uv_coords is None:
             raise InputError(f"{flame_model_path}: this FLAME model has no UV layout; put DECA's head_template.obj "
                              "beside it (DECA keeps generic_model.pkl and head_template.obj in its data/ folder)")
-        self.uvmap = UVMap(self.face.uv_coords, self.face.uv_faces, self.face.faces, S)
+        self.uvmap = self.face.uv_map(S)
         covered = self.uvmap.covered.astype(np.float32)
         self.face_eye_mask = eye_mask if eye_mask is not None else covered
         self.face_mask = region_mask if region_mask is not None else covered
@@ -267,10 +266,7 @@ class DECARelease(nn.Layer):
 
     def detail_normals(self, uv_z: paddle.Tensor, vertices: paddle.Tensor) -> paddle.Tensor:
         """DECA's ``displacement2normal`` on the coarse mesh ``vertices`` (N, V, 3): (N, 3, 256, 256)."""
-        normals = vertex_normals(vertices, paddle.to_tensor(np.asarray(self.face.faces, np.int64)))
-        return displacement2normal(uv_z, self.uvmap.world2uv(vertices).detach(),
-                                   self.uvmap.world2uv(normals).detach(), self.face_eye_mask,
-                                   self.fixed_displacement)
+        return self.face.detail_normal_map(uv_z, vertices, self.face_eye_mask, self.fixed_displacement)
 
     def decode(self, codes: Dict[str, paddle.Tensor], render: bool = True) -> Dict[str, paddle.Tensor]:
         """Coarse geometry (FaceModel.decode) and, with a 'detail' code, 'displacement_map'

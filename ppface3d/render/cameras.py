@@ -15,7 +15,7 @@ from ppengine.errors import InputError
 
 
 def _as_tensor(x, dtype="float32"):
-    if isinstance(x, paddle.Tensor):
+    if isinstance(x, (paddle.Tensor, paddle.pir.Value)):  # Value: traced for export
         return x.astype(dtype) if x.dtype != getattr(paddle, dtype) else x
     return paddle.to_tensor(np.asarray(x, dtype=dtype))
 
@@ -131,3 +131,21 @@ class PerspectiveCamera:
     def project(self, points: paddle.Tensor) -> paddle.Tensor:
         """(B, N, 3) world points -> (B, N, 2) screen NDC x, y."""
         return self.transform(points)[..., :2]
+
+
+def recrop_camera(cam, tform_from, size_from, tform_to, size_to) -> np.ndarray:
+    """Orthographic cameras (..., 3) ``[s, tx, ty]`` of one crop re-expressed for another crop of
+    the same photo: crops given by their 3x3 matrices (photo pixels -> crop pixels; scale and
+    translation, as DECA's crops) and sizes. A point projects to the same photo pixel through both.
+    """
+    def affine(T, S):
+        T = np.asarray(T, np.float64)
+        return 2.0 * T[0, 0] / S, 2.0 * (T[:2, 2] + 0.5) / S - 1.0  # NDC = a * photo_px + b
+
+    a0, b0 = affine(tform_from, size_from)
+    a1, b1 = affine(tform_to, size_to)
+    r = a1 / a0
+    c = b1 - r * b0
+    cam = np.asarray(cam, np.float64)
+    s = cam[..., 0] * r
+    return np.stack([s, cam[..., 1] + c[0] / s, cam[..., 2] - c[1] / s], -1).astype(np.float32)

@@ -156,7 +156,9 @@ class Renderer(paddle.nn.Layer):
             soft: composite with the soft silhouette (needs ``sigma``) instead of the hard mask.
             normal_map: (B, 3, Ht, Wt) world-frame normals in UV space (e.g. DECA's detail
                 normals; needs ``uvcoords``): shading and ``normal_images`` use it, sampled at each
-                pixel's UV, instead of the interpolated vertex normals.
+                pixel's UV, instead of the interpolated vertex normals. (B, 4, Ht, Wt): the 4th
+                channel (in [0, 1]) weighs the map against the vertex normals per texel, e.g. the
+                face region a detail map covers (0 keeps the eyeballs' and the mouth's own normals).
 
         Returns:
             dict with ``images`` (B, 3, H, W), ``alpha_images`` (B, 1, H, W), ``albedo_images``
@@ -181,11 +183,16 @@ class Renderer(paddle.nn.Layer):
                 raise InputError("Renderer: a UV albedo texture or normal map needs uvcoords (and uvfaces) at construction")
             uv = interpolate(frags, self.face_uvcoords, None, be)
             out["uv_images"] = uv
-        if normal_map is not None:
-            normal_images = sample_texture(normal_map, uv) * frags.mask.unsqueeze(1)
-        else:
+        if normal_map is None or normal_map.shape[1] == 4:
             # interpolated unit vertex normals, not renormalised per pixel (as DECA)
             normal_images = interpolate(frags, normals, self.faces, be).transpose([0, 3, 1, 2])
+        if normal_map is not None:
+            mapped = sample_texture(normal_map, uv) * frags.mask.unsqueeze(1)
+            if normal_map.shape[1] == 4:  # the 4th channel weighs the map against the vertex normals
+                w = mapped[:, 3:]
+                normal_images = mapped[:, :3] * w + normal_images * (1.0 - w)
+            else:
+                normal_images = mapped
         if albedos is not None:
             albedo_images = sample_texture(albedos, uv)
         else:

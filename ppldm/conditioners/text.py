@@ -58,6 +58,7 @@ class WordPieceTokenizer:
         if int(max_length) < 3:
             raise ConfigError(f"max_length must be >= 3 (room for [CLS] and [SEP]), got {max_length}")
         self.tok = BertTokenizer(vocab_file, do_lower_case=lowercase)
+        self.vocab_file, self.lowercase = vocab_file, bool(lowercase)
         self.max_length = int(max_length)
         self.vocab_size = len(self.tok.vocab)
         self.pad_id = self.tok.pad_token_id

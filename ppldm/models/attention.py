@@ -246,6 +246,8 @@ class SpatialTransformer(nn.Layer):
             from ppengine.errors import InputError
 
             raise InputError("SpatialTransformer: the position encoding needs a static feature-map size")
+        if not paddle.in_dynamic_mode():  # tracing for export: the encoding becomes part of the graph
+            return sincos_2d(hgt, wid, dim)
         key = (hgt, wid, dim)
         if key not in self._pe_cache:
             self._pe_cache[key] = sincos_2d(hgt, wid, dim)

@@ -100,10 +100,11 @@ class Downsample(nn.Layer):
 def upsample_nearest2x(x: paddle.Tensor) -> paddle.Tensor:
     """Nearest-neighbour 2x upsampling by expand + reshape: (B, C, H, W) -> (B, C, 2H, 2W).
 
-    Written without ``F.interpolate(scale_factor=...)`` so that it traces and exports to ONNX.
+    Written without ``F.interpolate(scale_factor=...)`` so that it traces and exports to ONNX, and
+    with no tensor above rank 5 (Core ML's limit): columns first, then rows.
     """
-    x = paddle.expand(x.unsqueeze([3, 5]), [-1, -1, -1, 2, -1, 2])
-    return x.flatten(4, 5).flatten(2, 3)
+    x = paddle.expand(x.unsqueeze(4), [-1, -1, -1, -1, 2]).flatten(3, 4)   # (B, C, H, 2W)
+    return paddle.expand(x.unsqueeze(3), [-1, -1, -1, 2, -1]).flatten(2, 3)  # (B, C, 2H, 2W)
 
 
 class Upsample(nn.Layer):

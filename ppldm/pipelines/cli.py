@@ -10,10 +10,16 @@ Examples::
     tools/infer.py ldm --weights output/ldm/uncond_digits -n 16
     tools/infer.py ldm -c configs/ldm/class2img_digits.yml --class 7      # weights: <train.output>
     tools/infer.py ldm -c configs/ldm/sd21_base.yml -o model.folder=/path/to/sd-2-1-base --prompt "an astronaut"
+    tools/infer.py ldm --weights output/ldm/class2img_digits --class 3 --backend onnxruntime   # exported graphs
 
 ``--weights`` is a training run's folder (its ``config.yml`` rebuilds the model; the weights are
 ``final.safetensors``, else ``best.safetensors``, else the latest checkpoint) or a weights file
 in one. ``-c`` gives the config explicitly (then ``--weights`` defaults to its ``train.output``).
+``--backend onnxruntime`` / ``paddle-inference`` samples with the model's exported graphs (the same
+sampler and guidance; the UNet, first stage and conditioner run as ONNX / Paddle Inference files):
+from ``--export-dir`` (a folder written by tools/export.py with that target), or from a cache folder
+exported once per weights + config. The dygraph model then samples too (``--no-compare`` skips it)
+and the largest pixel difference between the two is printed.
 ``--output`` is a folder: ``grid.png`` (with the inputs beside the samples for inpainting and
 super-resolution) and one ``sample_NNN.png`` per sample.
 A boxes file is JSON: a list of ``[class, x0, y0, x1, y1]`` (coordinates in [0, 1]) where class
@@ -49,6 +55,14 @@ def _parser():
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     p.add_argument("--sampler", default=None, help="ddim | ddpm | pndm | plms | dpm_solver++ | euler | euler_a")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="paddle", choices=["paddle", "onnxruntime", "paddle-inference"],
+                   help="run the networks in dygraph (paddle) or as exported graphs (default paddle)")
+    p.add_argument("--export-dir", default=None,
+                   help="exported folder for --backend (default: exported once into a cache folder)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per exported graph (default 1)")
+    p.add_argument("--onednn", action="store_true", help="paddle-inference: use oneDNN kernels (check the output)")
+    p.add_argument("--no-compare", dest="compare", action="store_false", default=True,
+                   help="with --backend: do not also sample in dygraph to print the pixel difference")
     p.add_argument("--output", default="output/ldm_infer",
                    help="output folder: grid.png + sample_NNN.png (default output/ldm_infer)")
     return p
@@ -192,6 +206,8 @@ def run(a) -> list:
 
     check_output(a.output)
     model, cfg = load_model(a)
+    if getattr(a, "backend", "paddle") != "paddle":
+        return run_backend(model, cfg, a)
     if type(model).__name__ == "StableDiffusion":
         return run_stable_diffusion(model, a)
     if type(model).__name__ != "LatentDiffusion":
@@ -200,8 +216,7 @@ def run(a) -> list:
     size = model.sample_size
     batch, nrow = build_batch(model, a, size)
     t0 = time.time()
-    x = model.generate(batch, n=a.num, guidance_scale=a.guidance, steps=a.steps, seed=a.seed,
-                       sampler=a.sampler, paste=True, progress=True)
+    x = _generate(model, batch, a)
     size = int(x.shape[-1])
     panels = None
     if "image" in batch and "mask" in batch:  # inpainting: masked input | result
@@ -214,19 +229,62 @@ def run(a) -> list:
     return files
 
 
-def run_stable_diffusion(model, a) -> list:
-    """Text-to-image with Stable Diffusion 2.x weights given by path (``-o model.folder=...``)."""
-    from ppengine.errors import InputError
+def _generate(model, batch, a):
+    return model.generate(batch, n=a.num, guidance_scale=a.guidance, steps=a.steps, seed=a.seed,
+                          sampler=a.sampler, paste=True, progress=True)
 
+
+def _generate_sd(model, a):
     if not a.prompt:
+        from ppengine.errors import InputError
+
         raise InputError('give --prompt "a photo of an astronaut riding a horse"')
     prompts = [p for p in a.prompt for _ in range(max(1, int(a.num)))]
+    return model.generate(prompts, seed=a.seed, steps=a.steps, guidance_scale=a.guidance, sampler=a.sampler)
+
+
+def run_backend(model, cfg, a) -> list:
+    """Sample with the exported graphs on ``--backend``; with ``--compare`` also in dygraph, and print
+    the largest pixel difference (0-255) between the two."""
+    from ppengine.errors import InputError
+    from ppengine.export.runtime import ExportedGraphs
+    from ppengine.io import to_uint8
+
+    from .backends import ensure_export, exported_networks
+
+    kind = type(model).__name__
+    if kind not in ("LatentDiffusion", "StableDiffusion"):
+        raise InputError(f"{cfg.path}: --backend samples LatentDiffusion / StableDiffusion models, not {kind}")
+    folder = ensure_export(model, cfg, a.export_dir)
+    graphs = ExportedGraphs(folder, a.backend, threads=a.threads, onednn=a.onednn)
+    if kind == "LatentDiffusion":
+        batch, nrow = build_batch(model, a, model.sample_size)
+        sample = (lambda: _generate(model, batch, a))
+    else:
+        nrow = max(1, int(a.num))
+        sample = (lambda: _generate_sd(model, a))
     t0 = time.time()
-    images = model.generate(prompts, seed=a.seed, steps=a.steps, guidance_scale=a.guidance, sampler=a.sampler)
+    with exported_networks(model, graphs):
+        x = sample()
+    dt = time.time() - t0
+    files = write_samples(a.output, x, nrow=nrow, upscale=max(1, 128 // int(x.shape[-1])))
+    print(f"wrote {files[0]} and {len(files) - 1} samples ({x.shape[0]} in {dt:.1f} s on {a.backend}, {folder})")
+    if a.compare:
+        t0 = time.time()
+        ref = sample()
+        diff = int(np.abs(to_uint8(x).astype(np.int16) - to_uint8(ref).astype(np.int16)).max())
+        print(f"max pixel difference vs dygraph: {diff}/255 (dygraph took {time.time() - t0:.1f} s)")
+    return files
+
+
+def run_stable_diffusion(model, a) -> list:
+    """Text-to-image with Stable Diffusion 2.x weights given by path (``-o model.folder=...``)."""
+
+    t0 = time.time()
+    images = _generate_sd(model, a)
     files = write_samples(a.output, images, nrow=max(1, int(a.num)), pad=0)
     print(f"wrote {files[0]} and {len(files) - 1} images ({len(images)} in {time.time() - t0:.1f} s)")
     return files
-
 
 def main(argv=None) -> int:
     a = _parser().parse_args(argv)

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import paddle
 import pytest
-from random_weights import randomize, write_byte_level_tokenizer
+from random_weights import make_sd_pipeline
 
 from ppengine.errors import InputError
 
@@ -16,32 +16,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory):
-    from paddlenlp.transformers import CLIPTokenizer
-    from ppdiffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from ppdiffusers.transformers import CLIPTextConfig, CLIPTextModel
+    from pathlib import Path
 
-    from ppldm.diffusion import make_scheduler
-
-    root = tmp_path_factory.mktemp("sd")
-    n = write_byte_level_tokenizer(str(root / "tok_src"))
-    tokenizer = CLIPTokenizer(str(root / "tok_src" / "vocab.json"), str(root / "tok_src" / "merges.txt"))
-    paddle.seed(0)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=2, max_position_embeddings=77, hidden_act="gelu"))
-    text = randomize(text, 3)
-    unet = randomize(UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        attention_head_dim=(1, 2), cross_attention_dim=32, use_linear_projection=True), 1)
-    vae = randomize(AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 32),
-                                  layers_per_block=1, latent_channels=4), 2)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                   scheduler=make_scheduler("ddim", prediction_type="v", steps_offset=1),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.save_pretrained(str(root / "pipe"))
-    return root / "pipe", pipe
+    folder, pipe = make_sd_pipeline(str(tmp_path_factory.mktemp("sd")))
+    return Path(folder), pipe
 
 
 def test_prompt_to_image_matches_pipeline(sd_folder):

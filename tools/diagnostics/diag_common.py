@@ -40,3 +40,12 @@ def load(a, check=None):
     load_weights(model, find_run_files(a.weights)[0])
     model.eval()
     return model, cfg
+
+
+def keyword_values(pairs):
+    """``--set KEY=VALUE`` pairs -> a dict of numbers (int, or float when written with '.' or 'e')."""
+    kw = {}
+    for s in pairs:
+        k, v = s.split("=", 1)
+        kw[k] = float(v) if "." in v or "e" in v.lower() else int(v)
+    return kw
