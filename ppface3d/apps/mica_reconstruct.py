@@ -23,6 +23,7 @@ import numpy as np
 
 from ppengine.errors import InputError
 
+from .fit import DEFAULT_ITERS
 from .reconstruct import CODE_KEYS, FaceReconstructor
 
 _HOW = ("--model mica needs MICA's weights: --weights output/mica (a run of configs/mica.yml), or "
@@ -75,7 +76,7 @@ class MICAReconstructor(FaceReconstructor):
 
     def __init__(self, mica, base: Optional[str] = None, base_config: Optional[str] = None,
                  base_overrides: Sequence[str] = (), render_size: int = 224, fit_size: int = 128,
-                 fit_iters=(150, 100), uv_size: int = 256, progress: bool = True):
+                 fit_iters=DEFAULT_ITERS, uv_size: int = 256, progress: bool = True):
         from .fit import FaceFitter
 
         self.mica = mica

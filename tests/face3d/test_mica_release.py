@@ -17,7 +17,10 @@ torch = pytest.importorskip("torch")
 tnn = torch.nn
 tF = torch.nn.functional
 
-from test_deca_release import _randomise_bn  # noqa: E402  (tests/face3d, beside this file)
+try:  # DECA's torch test helpers, beside this file: tests/face3d/torch_deca.py (or, before it, test_deca_release)
+    from torch_deca import randomise_bn as _randomise_bn  # noqa: E402
+except ImportError:
+    from test_deca_release import _randomise_bn  # noqa: E402
 
 from ppengine.errors import ConfigError, InputError  # noqa: E402
 from ppengine.safe_load import UnsafePickleError, load_pickle  # noqa: E402
