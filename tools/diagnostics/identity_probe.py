@@ -1,6 +1,13 @@
-"""How much a face-recognition network's features say about the synthetic faces' shape.
+"""How much a face-recognition network's features say about the synthetic faces' shape; and
+warming the feature cache ahead of training.
 
     python tools/diagnostics/identity_probe.py -c configs/mica.yml [-o data.train.num_subjects=800] [--split train]
+    python tools/diagnostics/identity_probe.py -c configs/mica.yml --warm --shard 0/2 &    # two processes share
+    python tools/diagnostics/identity_probe.py -c configs/mica.yml --warm --shard 1/2      # the training features
+
+``--warm`` only computes (and caches) the split's features, one shard of its chunks (chunk c when
+c % N == I), each chunk written atomically to the cache the training run reads, and prints the
+chunks done and the seconds; a run started afterwards computes only what is missing.
 
 On the identity features of a split of ``IdentitySyntheticFaces`` (computed and cached as for
 training, K >= 2 images per subject) it prints one JSON line with:
@@ -36,6 +43,8 @@ def main(argv=None):
     p.add_argument("--split", default="train")
     p.add_argument("--alpha", type=float, default=1.0, help="ridge regularisation")
     p.add_argument("--ambient-light", action="store_true", help="lights without their directional part")
+    p.add_argument("--warm", action="store_true", help="only compute and cache the features (see --shard)")
+    p.add_argument("--shard", default="0/1", help="with --warm, I/N: the chunks c with c %% N == I")
     a = p.parse_args(argv)
     overrides = list(a.override)
     tmp = None
@@ -62,6 +71,18 @@ def main(argv=None):
     from ppengine.trainer import build_dataset
 
     ds = build_dataset(load_config(a.config, overrides), a.split)
+    if a.warm:
+        import time
+
+        i, n = (int(v) for v in a.shard.split("/"))
+        chunks = -(-len(ds) // ds.chunk)
+        mine = [c for c in range(chunks) if c % n == i]
+        t = time.time()
+        for c in mine:
+            ds.chunk_features(c)
+        print(json.dumps({"split": a.split, "folder": ds.folder, "chunks_here": len(mine), "chunks": chunks,
+                          "seconds": round(time.time() - t, 1)}))
+        return 0
     n = len(ds)
     feats = np.stack([ds.identity(i) for i in range(n)])  # (n, K, D)
     comps = ds.shape_components or ds.n_shape
