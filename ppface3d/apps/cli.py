@@ -7,6 +7,7 @@
     python tools/infer.py face3d --image target.jpg --transfer-from source.jpg --animation mp4
     python tools/infer.py face3d --video clip.mp4 [-c configs/track.yml] [--track-id 1] [--filter one_euro]
     python tools/infer.py face3d --images a.jpg b.jpg c.jpg --fuse          # one head from several photos
+    python tools/infer.py face3d --image photo.jpg --model mica --weights output/mica [--base output/deca]
 
 Per face, in ``OUTPUT/<image>[_face<i>]/``: codes.npz, mesh.obj (+ mesh.png texture,
 mesh_normals.png normal map, mesh.mtl), mesh.glb, shape.png, textured.png, overlay.png (on the
@@ -42,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--override", action="append", default=[], help="config override key=value")
     p.add_argument("--weights", default=None, help="a trained run folder (output/deca: its config.yml + weights) or "
                                                    "weights file; default: fit each face")
+    p.add_argument("--model", choices=["deca", "mica"], default="deca",
+                   help="deca: codes from --weights (a DECA-family run) or the fitter; mica: the shape from MICA "
+                        "(--weights a MICA run, or -c configs/mica_release.yml with mica.tar), the other codes "
+                        "from --base or the fitter")
+    p.add_argument("--base", default=None, help="with --model mica: a DECA run folder (or weights file) for "
+                                                "expression, pose, camera, albedo and light; default: the fitter")
     p.add_argument("--transfer-from", default=None, help="source photo whose expression and jaw pose are "
                                                          "put on each target face")
     p.add_argument("--animation", choices=["gif", "mp4"], default="gif", help="transfer animation format")
@@ -140,8 +147,16 @@ def run(args) -> int:
     from .reconstruct import FaceReconstructor
 
     pre = FacePreprocessor(crop_size=224, scale=1.25, max_faces=args.max_faces)
-    rec = FaceReconstructor(config=args.config, weights=args.weights, overrides=args.override,
-                            fit_size=args.fit_size, fit_iters=tuple(args.fit_iters), progress=not args.no_progress)
+    if args.model == "mica":
+        from .mica_reconstruct import MICAReconstructor, load_mica
+
+        rec = MICAReconstructor(load_mica(args.weights, args.config, args.override), base=args.base,
+                                fit_size=args.fit_size, fit_iters=tuple(args.fit_iters), progress=not args.no_progress)
+    else:
+        if args.base:
+            raise PPError("--base goes with --model mica")
+        rec = FaceReconstructor(config=args.config, weights=args.weights, overrides=args.override,
+                                fit_size=args.fit_size, fit_iters=tuple(args.fit_iters), progress=not args.no_progress)
     source_codes = None
     if args.transfer_from:
         r = pre(args.transfer_from)

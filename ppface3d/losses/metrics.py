@@ -144,7 +144,8 @@ class FaceReconstructionMetric:
 
     Needs from the model's eval outputs: 'verts_neutral' (B, V, 3), 'lmk3d_neutral' (B, 68, 3),
     'faces' (F, 3), 'verts_mean' (V, 3), 'lmk3d_mean' (68, 3), 'landmarks2d' (B, 68, 2); and from
-    the batch: 'gt_verts_neutral' (B, V, 3), 'gt_lmk3d_neutral' (B, 68, 3), 'landmark' (B, 68, 3).
+    the batch: 'gt_verts_neutral' (B, V, 3), 'gt_lmk3d_neutral' (B, 68, 3), 'landmark' (B, 68, 3)
+    (without 'landmarks2d' or 'landmark', e.g. for a shape-only model, no ``lmk_nme``).
     Results (mm / ratio): s2m_median, s2m_mean, s2m_std, vertex_mean, lmk_nme and the same with
     a ``baseline_`` prefix; ``s2m_median_ratio`` = model / baseline median.
     """
@@ -171,9 +172,10 @@ class FaceReconstructionMetric:
         mv, ml = self._np(outputs["verts_mean"]), self._np(outputs["lmk3d_mean"])
         gv = self._np(batch["gt_verts_neutral"]).reshape(pv.shape)
         gl = self._np(batch["gt_lmk3d_neutral"]).reshape(-1, 68, 3)
-        l2 = self._np(outputs["landmarks2d"]).reshape(-1, 68, 2)
-        lt = self._np(batch["landmark"]).reshape(-1, 68, 3)
-        self._nme.extend(landmark_nme(l2, lt).tolist())
+        if "landmarks2d" in outputs and "landmark" in batch:  # shape-only models (MICA) have no landmarks
+            l2 = self._np(outputs["landmarks2d"]).reshape(-1, 68, 2)
+            lt = self._np(batch["landmark"]).reshape(-1, 68, 3)
+            self._nme.extend(landmark_nme(l2, lt).tolist())
         for i in range(pv.shape[0]):
             if self.max_samples is not None and self._n >= self.max_samples:
                 break
@@ -191,10 +193,12 @@ class FaceReconstructionMetric:
         s2m, bs2m = np.concatenate(self._s2m), np.concatenate(self._bs2m)
         out = {
             "s2m_median": float(np.median(s2m)), "s2m_mean": float(s2m.mean()), "s2m_std": float(s2m.std()),
-            "vertex_mean": float(np.mean(self._vert)), "lmk_nme": float(np.mean(self._nme)),
+            "vertex_mean": float(np.mean(self._vert)),
             "baseline_s2m_median": float(np.median(bs2m)), "baseline_s2m_mean": float(bs2m.mean()),
             "baseline_s2m_std": float(bs2m.std()), "baseline_vertex_mean": float(np.mean(self._bvert)),
         }
+        if self._nme:
+            out["lmk_nme"] = float(np.mean(self._nme))
         out["s2m_median_ratio"] = out["s2m_median"] / max(out["baseline_s2m_median"], 1e-12)
         out["num_samples"] = float(self._n)
         return out

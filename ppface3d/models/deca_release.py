@@ -45,19 +45,25 @@ DATA_FILES = {"landmark_embedding.npy": "FLAME landmark embedding",
               "uv_face_eye_mask.png": "where details apply (face + eyes)",
               "uv_face_mask.png": "the dense detail mesh's region"}
 ALBEDO_FILES = ("FLAME_albedo_from_BFM.npz", "FLAME_texture.npz")
+_DECA_FIX = "Give DECA's released deca_model.tar (decalib's ResNet-50 encoders and detail generator)."
 
 
-def torch_to_paddle_state(torch_sd: Dict[str, np.ndarray], layer: nn.Layer, where: str) -> Dict[str, np.ndarray]:
-    """Map a torch state dict (name -> array) onto ``layer``'s Paddle state dict names and layouts.
+def torch_to_paddle_state(torch_sd: Dict[str, np.ndarray], layer: nn.Layer, where: str,
+                          owner: str = "DECA's", fix: str = _DECA_FIX) -> Dict[str, np.ndarray]:
+    """Map a torch state dict (name -> array) onto ``layer``'s Paddle state dict names and layouts
+    (BatchNorm ``running_mean`` / ``running_var`` -> ``_mean`` / ``_variance``, PReLU ``weight`` ->
+    ``_weight``, Linear weights transposed).
 
     Every Paddle entry must be found with the right shape, and every torch entry used (besides
-    ``num_batches_tracked``); otherwise an InputError lists what is missing / left over / misshapen.
+    ``num_batches_tracked``); otherwise an InputError lists what is missing / left over / misshapen,
+    saying whose layout was expected (``owner``) and what to give instead (``fix``).
     """
     sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in torch_sd.items()}
     linear = {name + ".weight" for name, sub in layer.named_sublayers() if isinstance(sub, nn.Linear)}
     out, used, missing, bad = {}, set(), [], []
     for name, t in layer.state_dict().items():
-        key = name.replace("._mean", ".running_mean").replace("._variance", ".running_var")
+        key = name.replace("._mean", ".running_mean").replace("._variance", ".running_var").replace(
+            "._weight", ".weight")
         if key not in sd:
             missing.append(key)
             continue
@@ -76,8 +82,7 @@ def torch_to_paddle_state(torch_sd: Dict[str, np.ndarray], layer: nn.Layer, wher
         for label, items in (("missing", missing), ("shape mismatches", bad), ("unexpected", extra)):
             if items:
                 parts.append(f"{label} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
-        raise InputError(f"{where} does not match DECA's {type(layer).__name__}: " + "; ".join(parts) +
-                         ". Give DECA's released deca_model.tar (decalib's ResNet-50 encoders and detail generator).")
+        raise InputError(f"{where} does not match {owner} {type(layer).__name__}: " + "; ".join(parts) + f". {fix}")
     return out
 
 
